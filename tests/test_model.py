@@ -1,0 +1,142 @@
+"""The model file: shapes, init loss, KV cache equivalence, Hugging Face export/import parity."""
+import math
+
+import pytest
+import torch
+
+from zhgpt.engine import Engine, SamplingParams, process_logits
+from zhgpt.export import load_hf_folder, to_hf_state_dict, hf_config
+from zhgpt.model import GPT, ModelConfig
+from zhgpt.presets import count_params, model_config
+
+VARIANTS = {
+    "gpt2": dict(arch="gpt2"),
+    "llama": dict(arch="llama", bias=False),
+    "llama-gqa-untied": dict(arch="llama", bias=False, n_kv_head=2, tie_embeddings=False),
+    "llama-qknorm": dict(arch="llama", bias=False, qk_norm=True),
+}
+
+
+def tiny(**kw):
+    base = dict(vocab_size=320, block_size=64, n_layer=2, n_head=4, n_embd=64)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_forward_shapes_and_initial_loss(name):
+    torch.manual_seed(0)
+    cfg = tiny(**VARIANTS[name])
+    model = GPT(cfg)
+    x = torch.randint(0, cfg.vocab_size, (3, 40))
+    y = torch.randint(0, cfg.vocab_size, (3, 40))   # independent of x: tied embeddings favour x itself
+    logits, loss = model(x, y)
+    assert logits.shape == (3, 40, cfg.vocab_size)
+    # At init the model is close to uniform: loss ~ ln(V).
+    assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.3
+    assert model.num_params() == count_params(cfg)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_kv_cache_matches_full_forward(name):
+    torch.manual_seed(0)
+    cfg = tiny(**VARIANTS[name])
+    model = GPT(cfg).eval()
+    x = torch.randint(0, cfg.vocab_size, (2, 30))
+    full, _ = model(x)
+    cache = model.make_kv_cache(2)
+    a, _ = model(x[:, :17], kv_cache=cache)      # prefill
+    b, _ = model(x[:, 17:25], kv_cache=cache)    # several tokens after a cached prefix (masked path)
+    steps = [model(x[:, t:t + 1], kv_cache=cache)[0] for t in range(25, 30)]   # one at a time
+    inc = torch.cat([a, b, *steps], dim=1)
+    assert torch.allclose(inc, full, atol=1e-5), (inc - full).abs().max()
+
+
+class _FakeTok:
+    """Ids are the text: enough for the engine's id-level loop."""
+    def encode(self, text, add_special_tokens=False):
+        class E: ids = [int(t) for t in text.split()]
+        return E()
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_greedy_cached_equals_uncached_including_context_slide(name):
+    torch.manual_seed(1)
+    cfg = tiny(**VARIANTS[name], block_size=32)
+    model = GPT(cfg)
+    eng = Engine(model, _FakeTok(), eot_id=0)
+    prompt = list(range(5, 25))
+    p = SamplingParams(max_new_tokens=30, temperature=0, stop_at_eot=False)   # runs past the 32-token context
+    cached = torch.stack(list(eng.generate_ids(prompt, p, use_cache=True)))
+    uncached = torch.stack(list(eng.generate_ids(prompt, p, use_cache=False)))
+    # Up to the context limit both see the same tokens; after it, the cached engine slides its window by
+    # half a context while the uncached one always sees the last block_size tokens, so compare the first part.
+    n_same = cfg.block_size - len(prompt)
+    assert torch.equal(cached[:n_same], uncached[:n_same])
+    assert len(cached) == 30
+
+
+def test_sampling_options_have_visible_effects():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 100)
+    greedy = process_logits(logits, None, SamplingParams(temperature=0))
+    assert greedy.argmax() == logits.argmax()
+    k1 = process_logits(logits, None, SamplingParams(temperature=1.0, top_k=1, top_p=1.0))
+    assert torch.isfinite(k1).sum() == 1 and k1.argmax() == logits.argmax()
+    tp = process_logits(logits, None, SamplingParams(temperature=1.0, top_k=0, top_p=0.5))
+    kept = torch.isfinite(tp).sum().item()
+    assert 1 <= kept < 100
+    assert logits.softmax(-1)[torch.isfinite(tp)].sum() >= 0.5
+    seen = torch.tensor([[int(logits.argmax())]])
+    rp = process_logits(logits, seen, SamplingParams(temperature=0, repetition_penalty=100.0))
+    assert rp.argmax() != logits.argmax()
+
+
+def test_top_k_1_sampling_equals_greedy():
+    torch.manual_seed(2)
+    model = GPT(tiny())
+    eng = Engine(model, _FakeTok())
+    prompt = [3, 4, 5]
+    greedy = list(eng.generate_ids(prompt, SamplingParams(max_new_tokens=20, temperature=0, stop_at_eot=False)))
+    k1 = list(eng.generate_ids(prompt, SamplingParams(max_new_tokens=20, temperature=1.3, top_k=1, seed=7,
+                                                      stop_at_eot=False)))
+    assert torch.equal(torch.stack(greedy), torch.stack(k1))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_hf_export_logits_parity_and_reimport(name, tmp_path):
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    cfg = tiny(**VARIANTS[name])
+    model = GPT(cfg).eval()
+    _, sd = to_hf_state_dict(model)
+    hf = AutoModelForCausalLM.from_config(hf_config(cfg))
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    assert not unexpected
+    hf.save_pretrained(tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    expected_class = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+    assert type(hf).__name__ == ("Qwen3ForCausalLM" if cfg.qk_norm else expected_class[cfg.arch])
+    x = torch.randint(0, cfg.vocab_size, (2, 48))
+    with torch.no_grad():
+        ours, _ = model(x)
+        theirs = hf(x).logits
+        assert (ours - theirs).abs().max().item() < 1e-4
+        back, _ = load_hf_folder(tmp_path)
+        again, _ = back.eval()(x)
+    assert (again - ours).abs().max().item() < 1e-5
+
+
+def test_bad_model_configs_give_clear_errors():
+    from zhgpt.errors import ZhgptError
+    with pytest.raises(ZhgptError, match="not divisible"):
+        ModelConfig(n_embd=100, n_head=3)
+    with pytest.raises(ZhgptError, match="arch llama"):
+        ModelConfig(arch="gpt2", qk_norm=True)
+    with pytest.raises(ZhgptError, match="unknown preset"):
+        model_config("huge")
+    with pytest.raises(ZhgptError, match="unknown model field"):
+        model_config("cpu-tiny", n_layers=3)

@@ -1,0 +1,201 @@
+"""Token-level generation: sampling with a preallocated KV cache, streaming, n sequences.
+
+One engine serves `zhgpt generate`, the fixed-prompt samples during training, the web demo and the
+HTTP API. Sampling follows Hugging Face's order of logits processors (repetition penalty ->
+temperature -> top-k -> top-p) so the same settings mean the same thing in both.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from zhgpt.config import opt
+from zhgpt.errors import ZhgptError
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = opt(100, "tokens to generate")
+    temperature: float = opt(0.8, "softmax temperature; 0 = greedy (always the most likely token)")
+    top_k: int = opt(50, "sample only from the k most likely tokens (0 = off)")
+    top_p: float = opt(0.95, "sample from the smallest set of tokens whose probability sums to p (1 = off)")
+    repetition_penalty: float = opt(1.0, "divide the logits of tokens already present (>1 discourages repeats; "
+                                          "1.1-1.3 helps small Chinese models that loop)")
+    num_return_sequences: int = opt(1, "independent samples for the same prompt")
+    seed: int = opt(-1, "random seed for sampling (-1 = random)")
+    stop: list[str] = opt(help="stop when any of these strings is generated", factory=list, cli=False)
+    stop_at_eot: bool = opt(True, "stop a sequence at the end-of-text token")
+
+    def __post_init__(self):
+        if self.max_new_tokens < 0:
+            raise ZhgptError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ZhgptError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ZhgptError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ZhgptError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ZhgptError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.num_return_sequences < 1:
+            raise ZhgptError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+
+
+def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingParams) -> torch.Tensor:
+    """Apply repetition penalty, temperature, top-k and top-p to (B, V) fp32 logits."""
+    if p.repetition_penalty != 1.0 and seen is not None:
+        # CTRL / Hugging Face rule: shrink positive logits, grow negative ones, of every token already present.
+        picked = logits.gather(1, seen)
+        picked = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
+        logits = logits.scatter(1, seen, picked)
+    if p.temperature == 0:
+        return logits
+    logits = logits / p.temperature
+    if p.top_k and p.top_k < logits.size(-1):
+        kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop tokens once the mass *before* them already exceeds p; the top token always stays.
+        remove = (cum - sorted_logits.softmax(-1)) > p.top_p
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(1, idx, sorted_logits)
+    return logits
+
+
+@dataclass
+class Generation:
+    """The result for one prompt: token ids and text of each returned sequence."""
+    prompt_tokens: int
+    ids: list[list[int]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)   # "stop" (eot or stop string) or "length"
+    truncated_prompt: bool = False
+
+
+class Engine:
+    def __init__(self, model, tokenizer, eot_id: int = 0):
+        self.model = model.eval()
+        self.tokenizer = tokenizer               # a tokenizers.Tokenizer
+        self.eot_id = eot_id
+        self.block_size = model.cfg.block_size
+        self.device = next(model.parameters()).device
+
+    # ---------------------------------------------------------------- text <-> ids
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def fit_prompt(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
+        """Keep the last tokens of a prompt that would not fit the context (with room to generate)."""
+        room = max(1, self.block_size - min(max_new_tokens, self.block_size // 2))
+        if len(ids) > room:
+            return ids[-room:], True
+        return ids, False
+
+    # ---------------------------------------------------------------- token loop
+    @torch.inference_mode()
+    def generate_ids(self, prompt_ids: list[int], p: SamplingParams, use_cache: bool = True) -> Iterator[torch.Tensor]:
+        """Yield the next token of each of the ``num_return_sequences`` rows, one (n,) tensor per step.
+        Rows that finished keep yielding ``eot_id``; the loop ends when all rows finished."""
+        if not prompt_ids:
+            prompt_ids = [self.eot_id]   # an empty prompt starts a fresh document
+        n = p.num_return_sequences
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(p.seed if p.seed >= 0 else torch.seed())
+        seq = torch.tensor([prompt_ids] * n, dtype=torch.long, device=self.device)   # (n, T)
+        cache = self.model.make_kv_cache(n) if use_cache else None
+        done = torch.zeros(n, dtype=torch.bool, device=self.device)
+        fresh = seq                                # tokens not yet fed to the model
+        for _ in range(p.max_new_tokens):
+            if cache is not None and cache.pos + fresh.size(1) > self.block_size:
+                # Context full: slide the window, keeping the last half of the sequence as the new prefix.
+                cache.reset()
+                fresh = seq[:, -(self.block_size // 2):]
+            if cache is None:
+                logits, _ = self.model(seq[:, -self.block_size:])
+            else:
+                logits, _ = self.model(fresh, kv_cache=cache)
+            logits = logits[:, -1, :].float()      # (n, V)
+            logits = process_logits(logits, seq if p.repetition_penalty != 1.0 else None, p)
+            if p.temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+            nxt = torch.where(done, torch.full_like(nxt, self.eot_id), nxt)
+            if p.stop_at_eot:
+                done |= nxt == self.eot_id
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            fresh = nxt[:, None]
+            yield nxt
+            if bool(done.all()):
+                break
+
+    # ---------------------------------------------------------------- text API
+    def generate(self, prompt: str, p: SamplingParams, use_cache: bool = True) -> Generation:
+        ids, truncated = self.fit_prompt(self.encode(prompt), p.max_new_tokens)
+        if truncated:
+            warnings.warn(f"prompt longer than the context ({self.block_size} tokens): kept its last {len(ids)} tokens")
+        rows: list[list[int]] = [[] for _ in range(p.num_return_sequences)]
+        finished = [False] * len(rows)
+        reasons = ["length"] * len(rows)
+        for nxt in self.generate_ids(ids, p, use_cache):
+            for i, t in enumerate(nxt.tolist()):
+                if finished[i]:
+                    continue
+                if t == self.eot_id and p.stop_at_eot:
+                    finished[i], reasons[i] = True, "stop"
+                    continue
+                rows[i].append(t)
+                if p.stop and self._hit_stop(rows[i], p.stop):
+                    finished[i], reasons[i] = True, "stop"
+            if all(finished):
+                break
+        texts = []
+        for i, r in enumerate(rows):
+            text = self.decode(r)
+            if p.stop:
+                text = self._cut_at_stop(text, p.stop)
+            texts.append(text)
+        return Generation(len(ids), rows, texts, reasons, truncated)
+
+    def stream(self, prompt: str, p: SamplingParams) -> Iterator[str]:
+        """Text pieces of the first sequence as they are generated (for terminals, the demo and SSE)."""
+        ids, truncated = self.fit_prompt(self.encode(prompt), p.max_new_tokens)
+        if truncated:
+            warnings.warn(f"prompt longer than the context ({self.block_size} tokens): kept its last {len(ids)} tokens")
+        out: list[int] = []
+        emitted = ""
+        for nxt in self.generate_ids(ids, SamplingParams(**{**p.__dict__, "num_return_sequences": 1})):
+            t = int(nxt[0])
+            if t == self.eot_id and p.stop_at_eot:
+                break
+            out.append(t)
+            text = self.decode(out)
+            # Byte-level tokens can end inside a multi-byte character: wait until it is complete.
+            if text.endswith("\ufffd"):
+                continue
+            if p.stop:
+                cut = self._cut_at_stop(text, p.stop)
+                if cut != text:
+                    if len(cut) > len(emitted):
+                        yield cut[len(emitted):]
+                    return
+            if len(text) > len(emitted) and text.startswith(emitted):
+                yield text[len(emitted):]
+                emitted = text
+
+    def _hit_stop(self, ids: list[int], stops: list[str]) -> bool:
+        tail = self.decode(ids[-32:])
+        return any(s and s in tail for s in stops)
+
+    @staticmethod
+    def _cut_at_stop(text: str, stops: list[str]) -> str:
+        cuts = [text.find(s) for s in stops if s and s in text]
+        return text[:min(cuts)] if cuts else text

