@@ -22,9 +22,9 @@ from zhgpt.errors import ZhgptError
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, choices=None, positional=False,
-        cli=True, factory=None):
-    """A dataclass field with help text (and optional choices) for the generated CLI."""
-    md = {"help": help, "choices": choices, "positional": positional, "cli": cli}
+        cli=True, factory=None, aliases: tuple[str, ...] = ()):
+    """A dataclass field with help text (and optional choices / extra flag names) for the generated CLI."""
+    md = {"help": help, "choices": choices, "positional": positional, "cli": cli, "aliases": aliases}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=md)
     return dataclasses.field(default=default, metadata=md)
@@ -67,7 +67,7 @@ def add_args(parser: argparse.ArgumentParser, cls, *, skip=(), defaults_none=Fal
                 if default is not None:
                     kw["default"] = default
         else:
-            name = ["--" + f.name.replace("_", "-")]
+            name = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
             kw["dest"] = f.name
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -118,6 +118,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates 0600 files; give the file the permissions a plain open() would (0666 & ~umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,413 @@
+"""`zhgpt estimate`: parameters, memory and time per step of a model, before buying the GPU hours.
+
+Everything here is arithmetic on a ``ModelConfig``; nothing is built or allocated, so the estimate for
+GPT-2 XL runs in milliseconds on a laptop.
+
+Assumptions (the numbers a training step of ``zhgpt train`` actually allocates):
+
+- **Weights** stay fp32 (4 B/param) in every precision. Mixed precision (bf16/fp16) means
+  ``torch.autocast``: each matmul weight is cast to a 16-bit working copy (2 B/param) that autocast
+  caches for the forward pass and the matmul keeps for backward, so mixed precision costs 6 B/param of
+  weights, not 2. Embedding lookups read the fp32 table, so only matmul weights get a copy (the tied
+  output layer is a matmul).
+- **Gradients** have the parameters' dtype: fp32, 4 B/param.
+- **Optimizer**: AdamW keeps m and v in fp32, 8 B/param; 8-bit AdamW (bitsandbytes) 1 byte each plus a
+  per-2048-block scale (negligible), 2 B/param.
+- **Activations** are the tensors autograd saves for backward, counted op by op for model.py's block
+  (see ``layer_bytes_per_token``): the residual stream is fp32 (parameters are fp32, so adding a bf16
+  branch output promotes), matmul outputs are 16-bit under autocast. Attention is
+  ``F.scaled_dot_product_attention`` with ``is_causal=True``, which picks a flash/memory-efficient
+  kernel on CUDA and (torch >= 2.2) on CPU: only q, k, v, the output and a per-head logsumexp are
+  saved, never the T x T matrix. ``--attention math`` counts the fallback path that does store the
+  T x T probabilities (older GPUs, explicit masks). Dropout is 0 (p=0 dropout returns its input).
+- **Logits and loss**: the training loop holds the (B, T, V) logits while backward runs, cross-entropy
+  saves its fp32 log-softmax, and the first backward node briefly holds two more fp32 (B, T, V) gradients.
+  For small models with a 32k vocabulary this is the largest single item.
+- **Total** is the sum of the lines: the peak at the start of backward, with gradients counted in full
+  (``zero_grad(set_to_none=False)`` or gradient accumulation keep them all alive). No allocator
+  fragmentation or CUDA context is included; ``--memory`` keeps 15% headroom for those.
+- **Time** is training FLOPs (``6*N + 12*L*C*T`` per token, as ``GPT.flops_per_token``) divided by
+  ``--device-tflops``, the *sustained* throughput: roughly peak x MFU, e.g. A100 bf16 312 x 0.4 = ~125,
+  H100 ~400, RTX 4090 ~65, a 2-core CPU ~0.1. Gradient checkpointing re-runs the forward (+2N of 6N).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from zhgpt.config import add_args, format_config, from_args, opt, parse_size
+from zhgpt.errors import ZhgptError
+from zhgpt.model import ModelConfig
+from zhgpt.presets import PRESETS, count_params, format_params, get_preset
+
+GiB = 1024 ** 3
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adamw8bit")
+ATTENTIONS = ("flash", "math")
+# Share of --memory we plan to fill: the rest is for the CUDA context (~0.3-0.6 GiB), cuBLAS
+# workspaces and caching-allocator fragmentation, which max_memory_allocated() does not see.
+USABLE_FRACTION = 0.85
+OVERRIDE_FIELDS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "vocab_size")
+
+
+@dataclass
+class EstimateConfig:
+    preset: str | None = opt(None, "model preset to estimate (default: a table of all presets)",
+                             choices=list(PRESETS))
+    arch: str | None = opt(None, "override the preset's architecture", choices=("gpt2", "llama"))
+    n_layer: int | None = opt(None, "override the number of layers")
+    n_head: int | None = opt(None, "override the number of attention heads")
+    n_kv_head: int | None = opt(None, "override the key/value heads (llama grouped-query attention)")
+    n_embd: int | None = opt(None, "override the hidden size")
+    block_size: int | None = opt(None, "override the context length")
+    vocab_size: int | None = opt(None, "override the vocabulary size (default: the preset's, 32000 for GPU presets)")
+    batch_size: int | None = opt(None, "micro-batch size in sequences (default: the preset's training batch size)")
+    seq_len: int | None = opt(None, "tokens per sequence (default: block_size)")
+    precision: str = opt("bf16", "fp32, or bf16/fp16 autocast mixed precision with fp32 master weights",
+                         choices=PRECISIONS)
+    optimizer: str = opt("adamw", "adamw (fp32 m and v) or adamw8bit (bitsandbytes, 1 byte each)",
+                         choices=OPTIMIZERS)
+    grad_checkpointing: bool = opt(False, "recompute each block's activations in backward")
+    attention: str = opt("flash", "attention kernel: flash (no T x T matrix saved) or math (saves it)",
+                         choices=ATTENTIONS)
+    memory: str | None = opt(None, "device memory, e.g. 24GB: report the largest batch that fits")
+    device_tflops: float = opt(100.0, "sustained training throughput in TFLOPS for the time estimate "
+                               "(~peak x 0.4: A100 bf16 ~125, H100 ~400, RTX 4090 ~65, 2-core CPU ~0.1)")
+    tokens_per_step: int | None = opt(None, "tokens per optimizer step incl. gradient accumulation "
+                                      "(default: batch_size * seq_len)")
+
+    def __post_init__(self):
+        for name in ("batch_size", "seq_len", "tokens_per_step"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ZhgptError(f"--{name.replace('_', '-')} must be positive, got {v}")
+        if self.device_tflops <= 0:
+            raise ZhgptError(f"--device-tflops must be positive, got {self.device_tflops}")
+        if self.memory is not None:
+            parse_size(self.memory)   # fail early on "24 gigs"
+
+    @property
+    def mixed(self) -> bool:
+        return self.precision != "fp32"
+
+
+@dataclass
+class Estimate:
+    """One configuration's numbers; all memory in bytes."""
+    name: str
+    model: ModelConfig
+    batch_size: int
+    seq_len: int
+    params: int
+    weights: int
+    grads: int
+    optimizer: int
+    activations: int              # saved tensors + logits/loss, without gradient checkpointing
+    activations_ckpt: int         # the same with gradient checkpointing
+    logits: int                   # of which: logits held by the loop + log-softmax + loss-backward transients
+    grad_checkpointing: bool
+    flops_per_token: float
+    tokens_per_step: int
+    step_time_s: float
+    max_batch: int | None = None  # with --memory: largest micro-batch that fits
+    max_batch_ckpt: int | None = None
+
+    @property
+    def act_used(self) -> int:
+        return self.activations_ckpt if self.grad_checkpointing else self.activations
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.grads + self.optimizer + self.act_used
+
+
+# --- activation formula ---------------------------------------------------------------------------
+
+def layer_bytes_per_token(cfg: ModelConfig, seq_len: int, mixed: bool, attention: str = "flash") -> float:
+    """Bytes one transformer block saves for backward, per token (multiply by B*T).
+
+    Counted op by op from model.py and checked against a saved_tensors_hooks census of the real
+    model (tests/test_estimate.py). a = bytes of a matmul output (2 under autocast, 4 in fp32);
+    r = 4, the fp32 residual stream; C = n_embd, Ckv = key/value width, F = MLP hidden, H = heads.
+    A gpt2 block with flash attention comes to 2r*C + a*(5C + 2F) + 4H + 16, i.e. 64*C bytes in fp32
+    and 36*C under autocast (Korthikanti et al. 2022 count 34*C with 16-bit norms and dropout masks).
+    """
+    a, r = (2 if mixed else 4), 4
+    C, H, F = cfg.n_embd, cfg.n_head, cfg.mlp_hidden
+    Ckv, Hkv = cfg.kv_heads * cfg.head_dim, cfg.kv_heads
+    gqa = Hkv != H
+    flash = attention == "flash"
+    if cfg.arch == "gpt2":
+        # LayerNorm saves its input (the residual x) and per-token mean and rstd (2 fp32); the next
+        # Linear saves its input: the LN output in fp32, or autocast's 16-bit copy of it.
+        norm = r * C + 8 + a * C
+    else:
+        # RMSNorm: pow/mul save x, one fp32 rsqrt per token, weight * normalized saves the fp32
+        # normalized tensor; the next Linear saves its (cast) input.
+        norm = 2 * r * C + 4 + a * C
+    qkv_kept = False   # is the fused (B, T, C + 2Ckv) c_attn output kept alive by a saved view of it?
+    qk = 0.0           # q/k tensors saved on their way to SDPA
+    if cfg.arch == "llama":
+        if cfg.qk_norm:
+            # q_norm/k_norm: .float() of the 16-bit view is a copy under autocast (4 B) and is the
+            # view itself in fp32; the normalized tensor is saved in x.dtype (a B); one rsqrt per head.
+            if mixed:
+                qk += 4 * (C + Ckv)
+            else:
+                qkv_kept = True
+            qk += a * (C + Ckv) + 4 * (H + Hkv)
+        if flash:
+            # apply_rope multiplies by buffers that need no gradient, so only its outputs are saved,
+            # by SDPA: rotated q, and rotated k unless GQA repeats it into a new tensor.
+            qk += a * C + (0 if gqa else a * Ckv)
+    elif flash:
+        qkv_kept = True                     # SDPA saves q and k, views of the c_attn output
+    if flash:
+        if gqa:
+            qk += 2 * a * C                 # repeat_interleave'd k and v, saved by SDPA
+        else:
+            qkv_kept = True                 # v is a view of the c_attn output
+        # SDPA output (also c_proj's input: its layout follows the (B, T, H, D) query view, so
+        # .transpose(1, 2).contiguous() does not copy) + fp32 logsumexp per head.
+        attn = a * C + 4 * H
+    else:
+        # Math path, as measured on CPU: computes in fp32 even under autocast, saves scaled q and k,
+        # a copy of v, the (B, H, T, T) probabilities, and c_proj's contiguous copy of the output.
+        Ck = C if gqa else Ckv
+        attn = 4 * (C + 2 * Ck) + 4 * H * seq_len + a * C
+    qkv = a * (C + 2 * Ckv) if qkv_kept else 0
+    if cfg.arch == "gpt2":
+        mlp = 2 * a * F                     # GELU input and GELU output (c_proj's input)
+    else:
+        mlp = 4 * a * F                     # c_fc output (gate|up, 2F), silu output, silu*up product
+    return 2 * norm + qkv + qk + attn + mlp
+
+
+def head_bytes_per_token(cfg: ModelConfig, mixed: bool) -> tuple[float, float]:
+    """(saved, extra) bytes per token for ln_f + lm_head + cross-entropy.
+
+    saved: ln_f's saved tensors, lm_head's input and the fp32 log-softmax cross-entropy saves.
+    extra: what is not a saved tensor but is alive at the start of backward: the (B,T,V) logits the
+    loop holds (16-bit under autocast) and the two fp32 (B,T,V) gradients of the first backward
+    nodes (nll_loss -> log_softmax).
+    """
+    a, r, C, V = (2 if mixed else 4), 4, cfg.n_embd, cfg.vocab_size
+    norm = (r * C + 8) if cfg.arch == "gpt2" else (2 * r * C + 4)
+    saved = norm + a * C + 8 + 4 * V        # + the int64 token ids the embedding keeps, + log-softmax
+    extra = a * V + 2 * 4 * V
+    return saved, extra
+
+
+def saved_activation_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, mixed: bool,
+                           attention: str = "flash") -> int:
+    """Bytes of tensors autograd saves in one forward (no checkpointing, weights' 16-bit copies
+    excluded): what a saved_tensors_hooks census measures. Tests compare the two."""
+    head_saved, _ = head_bytes_per_token(cfg, mixed)
+    per_token = cfg.n_layer * layer_bytes_per_token(cfg, seq_len, mixed, attention) + head_saved
+    return int(batch_size * seq_len * per_token)
+
+
+def activation_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, mixed: bool, attention: str = "flash",
+                     grad_checkpointing: bool = False) -> tuple[int, int]:
+    """(activations incl. logits/loss, of which logits/loss) for one micro-batch."""
+    tokens = batch_size * seq_len
+    layer = layer_bytes_per_token(cfg, seq_len, mixed, attention)
+    head_saved, extra = head_bytes_per_token(cfg, mixed)
+    logits = extra + 4 * cfg.vocab_size     # everything (B, T, V)-sized: held logits, log-softmax, grads
+    if grad_checkpointing:
+        # Each block keeps only its fp32 input; in backward one block at a time is recomputed.
+        blocks = cfg.n_layer * 4 * cfg.n_embd + layer
+    else:
+        blocks = cfg.n_layer * layer
+    return int(tokens * (blocks + head_saved + extra)), int(tokens * logits)
+
+
+# --- the rest of the step ---------------------------------------------------------------------------
+
+def matmul_params(cfg: ModelConfig) -> int:
+    """Weights used in matmuls: everything but the embedding tables, plus the (possibly tied) output layer."""
+    n = count_params(cfg) - cfg.vocab_size * cfg.n_embd          # minus wte
+    if cfg.arch == "gpt2":
+        n -= cfg.block_size * cfg.n_embd                           # minus wpe
+    if cfg.tie_embeddings:
+        n += cfg.vocab_size * cfg.n_embd                           # the tied lm_head is a matmul
+    return n
+
+
+def matmul_weights(cfg: ModelConfig) -> int:
+    """Elements of the weight matrices autocast casts to 16 bits (biases and norms are not saved as copies)."""
+    C, F = cfg.n_embd, cfg.mlp_hidden
+    qkv_out = (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim
+    fc_out = F * (2 if cfg.arch == "llama" else 1)
+    return cfg.n_layer * (C * qkv_out + C * C + C * fc_out + F * C) + cfg.vocab_size * C
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token, as GPT.flops_per_token but for the sequence length actually used."""
+    return 6 * matmul_params(cfg) + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+
+def estimate(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, *, precision: str = "bf16",
+             optimizer: str = "adamw", grad_checkpointing: bool = False, attention: str = "flash",
+             device_tflops: float = 100.0, tokens_per_step: int | None = None, memory: int | None = None,
+             name: str = "") -> Estimate:
+    seq_len = seq_len or cfg.block_size
+    if seq_len > cfg.block_size:
+        raise ZhgptError(f"seq_len {seq_len} exceeds the model's block_size {cfg.block_size}; "
+                         "raise --block-size or lower --seq-len")
+    mixed = precision != "fp32"
+    n = count_params(cfg)
+    weights = 4 * n + (2 * matmul_weights(cfg) if mixed else 0)
+    grads = 4 * n
+    opt_bytes = (8 if optimizer == "adamw" else 2) * n
+    act, logits = activation_bytes(cfg, batch_size, seq_len, mixed, attention, False)
+    act_ckpt, _ = activation_bytes(cfg, batch_size, seq_len, mixed, attention, True)
+    tps = tokens_per_step or batch_size * seq_len
+    fpt = flops_per_token(cfg, seq_len)
+    recompute = 8 / 6 if grad_checkpointing else 1.0   # forward 2N of the 6N runs twice
+    est = Estimate(name=name, model=cfg, batch_size=batch_size, seq_len=seq_len, params=n, weights=weights,
+                   grads=grads, optimizer=opt_bytes, activations=act, activations_ckpt=act_ckpt, logits=logits,
+                   grad_checkpointing=grad_checkpointing, flops_per_token=fpt, tokens_per_step=tps,
+                   step_time_s=fpt * tps * recompute / (device_tflops * 1e12))
+    if memory is not None:
+        est.max_batch = largest_batch(cfg, seq_len, memory, precision=precision, optimizer=optimizer,
+                                      attention=attention, grad_checkpointing=False)
+        est.max_batch_ckpt = largest_batch(cfg, seq_len, memory, precision=precision, optimizer=optimizer,
+                                           attention=attention, grad_checkpointing=True)
+    return est
+
+
+def largest_batch(cfg: ModelConfig, seq_len: int, memory: int, *, precision="bf16", optimizer="adamw",
+                  attention="flash", grad_checkpointing=False) -> int:
+    """Largest micro-batch whose total fits in USABLE_FRACTION of ``memory`` (0 = not even batch 1).
+    Activations are linear in the batch size, so this is one division."""
+    one = estimate(cfg, 1, seq_len, precision=precision, optimizer=optimizer, attention=attention,
+                   grad_checkpointing=grad_checkpointing)
+    fixed = one.weights + one.grads + one.optimizer
+    per_seq = one.act_used
+    return max(0, int((memory * USABLE_FRACTION - fixed) // per_seq))
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+def fmt_bytes(n: float) -> str:
+    if n >= GiB:
+        return f"{n / GiB:.2f} GiB"
+    return f"{n / 1024 ** 2:.0f} MiB"
+
+
+def fmt_time(s: float) -> str:
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def format_estimate(e: Estimate, cfg: EstimateConfig, memory: int | None) -> str:
+    m = e.model
+    prec = "fp32" if cfg.precision == "fp32" else f"{cfg.precision} autocast, fp32 master weights"
+    opt_desc = "AdamW, fp32 m and v (8 B/param)" if cfg.optimizer == "adamw" else \
+        "8-bit AdamW, 1 byte each for m and v (2 B/param)"
+    emb = m.vocab_size * m.n_embd + (m.block_size * m.n_embd if m.arch == "gpt2" else 0)
+    w_desc = "fp32 (4 B/param)" if cfg.precision == "fp32" else \
+        f"fp32 master 4 B/param + {cfg.precision} matmul copies 2 B/param"
+    lines = [
+        f"model        {e.name or 'custom'}: {m.arch}, {m.n_layer} layers, {m.n_head} heads, {m.n_embd} hidden, "
+        f"ctx {m.block_size}, vocab {m.vocab_size}",
+        f"parameters   {e.params:,} ({format_params(e.params)}; {format_params(emb)} in embeddings)",
+        f"micro-batch  {e.batch_size} x {e.seq_len} tokens, {prec}, {cfg.attention} attention",
+        "memory",
+        f"  weights       {fmt_bytes(e.weights):>11}   {w_desc}",
+        f"  gradients     {fmt_bytes(e.grads):>11}   fp32 (4 B/param)",
+        f"  optimizer     {fmt_bytes(e.optimizer):>11}   {opt_desc}",
+        f"  activations   {fmt_bytes(e.activations):>11}   without gradient checkpointing "
+        f"(logits and loss: {fmt_bytes(e.logits)})",
+        f"                {fmt_bytes(e.activations_ckpt):>11}   with gradient checkpointing",
+        f"  total         {fmt_bytes(e.total):>11}   "
+        f"{'with' if e.grad_checkpointing else 'without'} gradient checkpointing "
+        "(peak of one step; add ~0.5 GiB CUDA context)",
+    ]
+    if memory is not None:
+        def fit(b):
+            return f"batch {b}" if b else "does not fit even at batch 1"
+        lines.append(f"fits in {fmt_bytes(memory)} ({USABLE_FRACTION:.0%} usable): {fit(e.max_batch)}; "
+                     f"with gradient checkpointing {fit(e.max_batch_ckpt)}")
+        if not e.max_batch_ckpt:
+            lines.append("  try --optimizer adamw8bit, --precision bf16, a shorter --seq-len or a smaller preset")
+    accum = e.tokens_per_step / (e.batch_size * e.seq_len)
+    lines += [
+        f"compute      {e.flops_per_token / 1e9:.2f} GFLOP/token (6N + 12*L*C*T), "
+        f"{e.tokens_per_step:,} tokens/step" + (f" ({accum:g} micro-batches)" if accum != 1 else ""),
+        f"time         {fmt_time(e.step_time_s)} per step at {cfg.device_tflops:g} TFLOPS sustained"
+        + (" (+33% for recomputation)" if e.grad_checkpointing else "")
+        + f"; 1B tokens in {fmt_time(e.step_time_s * 1e9 / e.tokens_per_step)}",
+    ]
+    return "\n".join(lines)
+
+
+def format_table(ests: list[Estimate], cfg: EstimateConfig, memory: int | None) -> str:
+    head = ["preset", "params", "batch", "weights", "grads", "optimizer", "activations", "total", "step time"]
+    if memory is not None:
+        head.append("max batch")
+    rows = [head]
+    for e in ests:
+        act = e.act_used
+        row = [e.name, format_params(e.params), f"{e.batch_size}x{e.seq_len}", fmt_bytes(e.weights),
+               fmt_bytes(e.grads), fmt_bytes(e.optimizer), fmt_bytes(act), fmt_bytes(e.total),
+               fmt_time(e.step_time_s)]
+        if memory is not None:
+            row.append(str(e.max_batch_ckpt if e.grad_checkpointing else e.max_batch))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    out = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    note = (f"{cfg.precision} {'autocast with fp32 master weights' if cfg.mixed else ''}, {cfg.optimizer}, "
+            f"{'with' if cfg.grad_checkpointing else 'no'} gradient checkpointing, {cfg.attention} attention; "
+            f"step time for batch x seq tokens at {cfg.device_tflops:g} TFLOPS sustained"
+            + (f"; max batch in {fmt_bytes(memory)}" if memory is not None else ""))
+    return "\n".join(out + ["", note.replace("  ", " ")])
+
+
+# --- stage entry points ------------------------------------------------------------------------------
+
+def model_for(cfg: EstimateConfig, preset: str) -> ModelConfig:
+    fields, _ = get_preset(preset)
+    fields.update({k: getattr(cfg, k) for k in OVERRIDE_FIELDS if getattr(cfg, k) is not None})
+    if fields.get("arch") == "llama":
+        # As `zhgpt presets --arch llama` counts them: no biases, tied embeddings.
+        fields.setdefault("bias", False)
+    fields.setdefault("vocab_size", 32000)
+    return ModelConfig(**fields)
+
+
+def main(cfg: EstimateConfig) -> list[Estimate]:
+    memory = parse_size(cfg.memory) if cfg.memory is not None else None
+    names = [cfg.preset] if cfg.preset else list(PRESETS)
+    ests = []
+    for name in names:
+        model = model_for(cfg, name)
+        _, train = get_preset(name)
+        batch = cfg.batch_size or train.get("batch_size", 8)
+        ests.append(estimate(model, batch, cfg.seq_len, precision=cfg.precision, optimizer=cfg.optimizer,
+                             grad_checkpointing=cfg.grad_checkpointing, attention=cfg.attention,
+                             device_tflops=cfg.device_tflops, tokens_per_step=cfg.tokens_per_step,
+                             memory=memory, name=name))
+    if cfg.preset:
+        print(format_estimate(ests[0], cfg, memory))
+    else:
+        print(format_table(ests, cfg, memory))
+    return ests
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    add_args(p, EstimateConfig)
+
+
+def run_cli(args) -> None:
+    cfg = from_args(EstimateConfig, args)
+    print(format_config(cfg))
+    main(cfg)
+
