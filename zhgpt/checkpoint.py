@@ -176,8 +176,13 @@ def resolve_model_path(path) -> tuple[str, Path]:
     """Classify a --model path: ('checkpoint', dir), ('hf', dir) or a run folder resolved to one of those."""
     p = Path(path)
     if not p.exists():
-        raise ZhgptError(f"{p}: no such model; pass a run folder (runs/NAME), a checkpoint folder or an "
+        hint = (" (it looks like a Hugging Face hub id: zhgpt never downloads models, pass a local folder)"
+                if str(path).count("/") == 1 and not str(path).startswith((".", "/")) else "")
+        raise ZhgptError(f"{p}: no such model{hint}; pass a run folder (runs/NAME), a checkpoint folder or an "
                          "exported Hugging Face folder")
+    from zhgpt.quantize import is_int8_folder
+    if is_int8_folder(p):
+        return "int8", p
     if (p / WEIGHTS).is_file() and (p / META).is_file() and (p / TOKENIZER).is_dir():
         return "checkpoint", p
     if (p / "config.json").is_file() and ((p / "model.safetensors").is_file() or (p / "pytorch_model.bin").is_file()):
@@ -197,6 +202,12 @@ def load_for_inference(path, device: str = "cpu", dtype: torch.dtype | None = No
     from zhgpt.tokenizer import load_tokenizer
 
     kind, p = resolve_model_path(path)
+    if kind == "int8":
+        from zhgpt.quantize import load_int8
+        if device != "cpu":
+            raise ZhgptError(f"{p} is an int8 CPU model; run it with --device cpu")
+        model, info = load_int8(p)
+        return model.eval(), load_tokenizer(p / TOKENIZER), info
     if kind == "hf":
         from zhgpt.export import load_hf_folder
         model, info = load_hf_folder(p)

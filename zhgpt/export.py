@@ -223,6 +223,8 @@ class ExportConfig:
     model: str = opt("", "run folder or checkpoint folder to export")
     out: str = opt("", "output folder (default: MODEL/final for a run, CHECKPOINT-hf for a checkpoint)")
     dtype: str = opt("fp32", "weight precision of the export", choices=("fp32", "bf16", "fp16"))
+    quantize: str = opt("", "int8: write a dynamically quantised CPU model (int8 linear layers) that "
+                            "`zhgpt generate` loads, instead of a Hugging Face folder", choices=("", "int8"))
 
     def __post_init__(self):
         if not self.model:
@@ -234,10 +236,19 @@ def main(cfg: ExportConfig) -> Path:
     kind, p = resolve_model_path(cfg.model)
     if kind == "hf":
         raise ZhgptError(f"{p} is already a Hugging Face model folder; nothing to export")
+    if kind == "int8":
+        raise ZhgptError(f"{p} is already an int8 model; export from the run or checkpoint it came from")
     model, _, info = load_for_inference(p)
     run_dir = p.parent.parent
-    out = Path(cfg.out) if cfg.out else (run_dir / "final" if (run_dir / "config.json").is_file() else
-                                         p.with_name(p.name + "-hf"))
+    is_run = (run_dir / "config.json").is_file()
+    if cfg.quantize == "int8":
+        from zhgpt.quantize import save_int8
+        out = Path(cfg.out) if cfg.out else (run_dir / "final-int8" if is_run else p.with_name(p.name + "-int8"))
+        save_int8(model, p / TOKENIZER, out, eot_id=info.get("eot_id", EOT_ID))
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        print(f"exported int8 model {p} -> {out} ({size / 2**20:.1f} MiB); run it with `zhgpt generate --model {out}`")
+        return out
+    out = Path(cfg.out) if cfg.out else (run_dir / "final" if is_run else p.with_name(p.name + "-hf"))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
     export_hf(model, p / TOKENIZER, out, eot_id=info.get("eot_id", EOT_ID), dtype=dtype)
     print(f"exported {p} -> {out}")

