@@ -173,3 +173,41 @@ def test_ddp_two_processes_match_single_process_and_resume_single(pd_dataset, tm
     assert res.returncode == 0, res.stderr[-2000:]
     assert "--grad-accum 2 keeps the same tokens per step" in res.stdout
     assert max(_losses(ddp)) == 12
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_ddp_killing_one_rank_ends_the_job_instead_of_hanging(pd_dataset, tmp_path):
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc to find the worker processes")
+    out = tmp_path / "ddp"
+    args = [a if a != "--log" else "--logger" for a in _train_args(pd_dataset, out, 100000)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ZHGPT_DIST_TIMEOUT": "30"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "zhgpt", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            m = out / "metrics.jsonl"
+            if m.is_file() and any(r.get("step") == 5 for r in read_jsonl(m)):
+                break
+            time.sleep(0.1)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)   # the agent notices the dead worker and stops the other
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "Signal 9" in err or "SIGKILL" in err or "failed" in err.lower()
