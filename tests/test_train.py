@@ -149,7 +149,10 @@ def test_bad_inputs_give_one_line_errors(pd_dataset, tmp_path):
     assert "Traceback" not in res.stderr
 
 
-def test_ddp_two_processes_match_single_process_and_resume_single(pd_dataset, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_single_process_and_resume_single(pd_dataset, tmp_path, mode):
+    """DDP and FSDP2 under torchrun (gloo on CPU): same losses as one process with the same global batch;
+    the checkpoint resumes in a single process, extended to more steps."""
     pytest.importorskip("torch.distributed")
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available in this build")
@@ -159,6 +162,7 @@ def test_ddp_two_processes_match_single_process_and_resume_single(pd_dataset, tm
     subprocess.run([sys.executable, "-m", "zhgpt", *base, "--grad-accum", "2"], env=env, check=True,
                    capture_output=True, timeout=300)
     args = [a if a != "--log" else "--logger" for a in _train_args(pd_dataset, ddp, 8)]
+    args += ["--fsdp"] if mode == "fsdp" else []
     # --standalone: a local rendezvous on a free loopback port.
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "zhgpt", *args],

@@ -49,12 +49,12 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def state_dict_for_save(model_state: dict, tie_embeddings: bool) -> dict[str, torch.Tensor]:
     """Weights without duplicates: tied lm_head.weight is the embedding and is stored once."""
-    sd = model.state_dict()
-    if getattr(getattr(model, "cfg", None), "tie_embeddings", False):
+    sd = dict(model_state)
+    if tie_embeddings:
         sd.pop("lm_head.weight", None)
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items() if not k.startswith("rope_")}
 
 
 def load_weights(model: GPT, path: Path) -> None:
@@ -69,9 +69,11 @@ def load_weights(model: GPT, path: Path) -> None:
                          f"unexpected: {unexpected[:5]}); was it written by another model shape?")
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer, train_state: dict,
+def save_checkpoint(run_dir: Path, step: int, model_state, optim_state: dict | None, train_state: dict,
                     meta: dict, tokenizer_dir: Path, keep_last: int = 2, best: bool = False) -> Path:
-    """Write RUN/checkpoints/step_NNNNNNN atomically; prune old ones (keeping the best)."""
+    """Write RUN/checkpoints/step_NNNNNNN atomically; prune old ones (keeping the best).
+    ``model_state`` is a module or its full (unsharded) state dict, ``optim_state`` the optimizer's;
+    ``meta["model"]`` is the model config."""
     ckpt_root = Path(run_dir) / CKPT_DIR
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
@@ -79,8 +81,11 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer,
     tmp = ckpt_root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(state_dict_for_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-    torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
+    if isinstance(model_state, torch.nn.Module):
+        model_state = model_state.state_dict()
+    tied = bool(meta.get("model", {}).get("tie_embeddings", False))
+    save_file(state_dict_for_save(model_state, tied), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    torch.save({"optimizer": optim_state,
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                 "train_state": train_state}, tmp / OPTIM)

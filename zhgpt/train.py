@@ -27,6 +27,7 @@ import torch
 from zhgpt.config import (add_args, format_config, load_json, opt, overrides_from_args, parse_duration,
                           save_json)
 from zhgpt.errors import ZhgptError
+from zhgpt.distributed import Dist
 from zhgpt.model import GPT, ModelConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -187,50 +188,6 @@ def load_prompts(path: str) -> list[str]:
     return prompts
 
 
-class Dist:
-    """torch.distributed facts for this process (a single process is rank 0 of 1)."""
-
-    def __init__(self, device: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world > 1
-        self.device = device
-        if self.enabled:
-            import datetime
-            import torch.distributed as dist
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-            if device.startswith("cuda"):
-                self.device = f"cuda:{self.local_rank}"
-                torch.cuda.set_device(self.device)
-            # A timeout so that a dead rank ends the job with an error instead of a hang.
-            timeout = datetime.timedelta(seconds=int(os.environ.get("ZHGPT_DIST_TIMEOUT", "300")))
-            dist.init_process_group(backend=backend, timeout=timeout)
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        import torch.distributed as dist
-        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.startswith("cuda") else "cpu")
-        dist.all_reduce(t)
-        return float(t.item())
-
-    def barrier(self):
-        if self.enabled:
-            import torch.distributed as dist
-            dist.barrier()
-
-    def close(self):
-        if self.enabled:
-            import torch.distributed as dist
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
 # ------------------------------------------------------------------------- setup
 
 def resolve_config(explicit: dict, model_overrides: dict, device: str) -> tuple[TrainConfig, dict, str]:
@@ -311,7 +268,7 @@ def main(cfg: TrainConfig, model_overrides: dict | None = None, explicit: dict |
         preset = cfg.preset or "cpu-tiny"
         model_fields = {**get_preset(preset)[0], **(model_overrides or {})}
         cfg = dataclasses.replace(cfg, preset=preset)
-    dist = Dist(device)
+    dist = Dist(device, fsdp=cfg.fsdp)
     try:
         return _run(cfg, model_fields, preset, dist, tokenizer_asked=explicit is None or "tokenizer" in explicit)
     finally:
@@ -398,24 +355,20 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
         load_weights(model, ckpt / "model.safetensors")
     model.to(device)
     n_params = model.num_params()
+    n_params_non_emb = model.num_params(non_embedding=True)
 
+    dist.shard(model)   # FSDP: parameters become shards before the optimizer sees them
     optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), fused=dev_type == "cuda")
     state = {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0, "best_val": None}
     if ckpt is not None:
         saved = load_training_state(ckpt)
-        optimizer.load_state_dict(saved["optimizer"])
+        dist.load_optimizer(model, optimizer, saved["optimizer"])
         state.update(saved["train_state"])
         restore_rng(saved["rng"])
 
-    raw_model = model
-    if dist.enabled:
-        if cfg.fsdp:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-            model = FSDP(model)
-        else:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            model = DDP(model, device_ids=[dist.local_rank] if dev_type == "cuda" else None)
+    raw_model = model              # the module itself (sharded in place under FSDP), for eval/samples/saving
+    model = dist.wrap(model)       # DDP wrapper for the training step
     if cfg.compile:
         model = torch.compile(model)
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
@@ -450,7 +403,7 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
     full_config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "data": data_info}
     hw = hardware_info(device)
     run_info = {"status": "running", "preset": preset, "params": n_params,
-                "params_non_embedding": raw_model.num_params(non_embedding=True), "hardware": hw,
+                "params_non_embedding": n_params_non_emb, "hardware": hw,
                 "world_size": dist.world, "tokens_per_step": tokens_per_step, "dtype": str(amp_dtype).split(".")[-1]}
     if dist.master:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -495,23 +448,26 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
                                    repetition_penalty=1.1, seed=cfg.seed)
 
     def evaluate_and_sample(step: int, elapsed: float) -> dict:
-        m = evaluate_split(raw_model if not dist.enabled or not cfg.fsdp else model, val_split, mcfg.block_size,
-                           device, amp_dtype, batch_size=cfg.batch_size, max_tokens=cfg.eval_tokens or None,
-                           rank=dist.rank, world_size=dist.world, reduce=dist.sum)
-        if dist.master:
+        rank, world = dist.eval_shards
+        m = evaluate_split(raw_model, val_split, mcfg.block_size, device, amp_dtype, batch_size=cfg.batch_size,
+                           max_tokens=cfg.eval_tokens or None, rank=rank, world_size=world,
+                           reduce=dist.sum if world > 1 else None)
+        if dist.master or dist.all_ranks_forward:
             outs = []
             raw_model.eval()
             for prompt in prompts:
                 with autocast_ctx(device, amp_dtype):
                     text = engine.generate(prompt, sample_params).texts[0]
                 outs.append(text)
-                append_jsonl(samples_path, {"step": step, "tokens_seen": state["tokens_seen"], "elapsed_s": round(elapsed, 2),
-                                            "val_loss": m["val_loss"], "val_bpc": m["val_bpc"], "prompt": prompt,
-                                            "output": text})
-                logger.log_text(step, f"samples/{prompt}", prompt + text)
+                if dist.master:
+                    append_jsonl(samples_path, {"step": step, "tokens_seen": state["tokens_seen"],
+                                                "elapsed_s": round(elapsed, 2), "val_loss": m["val_loss"],
+                                                "val_bpc": m["val_bpc"], "prompt": prompt, "output": text})
+                    logger.log_text(step, f"samples/{prompt}", prompt + text)
             raw_model.train()
-            first = (prompts[0] + outs[0]).replace("\n", " ")
-            _say(f"  sample @{step}: {first[:60]}")
+            if dist.master:
+                first = (prompts[0] + outs[0]).replace("\n", " ")
+                _say(f"  sample @{step}: {first[:60]}")
         return m
 
     # ---- the loop
@@ -556,8 +512,7 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
             for micro, (x, y) in enumerate(batches.step_batches(step)):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 sync = micro == cfg.grad_accum - 1
-                ctx = model.no_sync() if dist.enabled and not sync and hasattr(model, "no_sync") else _null()
-                with ctx:
+                with dist.grad_sync(model, sync):
                     with autocast_ctx(device, amp_dtype):
                         _, loss = model(x, y)
                     loss = loss / cfg.grad_accum
@@ -572,6 +527,8 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
                                  "--dtype fp32/bf16 instead of fp16")
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            if hasattr(grad_norm, "full_tensor"):    # FSDP: a sharded DTensor
+                grad_norm = grad_norm.full_tensor()
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -605,7 +562,7 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
                 else:
                     print(line, flush=True)
     except KeyboardInterrupt:
-        if dist.master:
+        if dist.master and not dist.fsdp:   # FSDP would need every rank in a collective to gather the state
             elapsed = time.time() - t_start
             path = _save(run_dir, step, raw_model, optimizer, state, elapsed, full_config, ds, last_val, False,
                          cfg.keep_last, dist, force=True)
@@ -624,6 +581,12 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
 
     # ---- the end: export, report, summary
     elapsed = time.time() - t_start
+    final_model = raw_model
+    if dist.fsdp and cfg.export:
+        full, _ = dist.full_state(raw_model, None)   # collective: all ranks gather, rank 0 rebuilds
+        if dist.master:
+            final_model = GPT(mcfg)
+            final_model.load_state_dict(full)
     if dist.master:
         run_info.update({"status": "completed", "steps": step, "tokens_seen": state["tokens_seen"],
                          "elapsed_s": round(elapsed, 1), "final": {k: last_val.get(k) for k in
@@ -631,7 +594,7 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
                          "tokens_per_sec": round(state["tokens_seen"] / max(elapsed, 1e-9), 1)})
         if cfg.export:
             from zhgpt.export import export_hf
-            export_hf(raw_model, ds.tokenizer_dir, run_dir / "final")
+            export_hf(final_model, ds.tokenizer_dir, run_dir / "final")
             run_info["export"] = str(run_dir / "final")
         save_json(run_dir / "run.json", run_info)
         if cfg.report:
@@ -646,14 +609,6 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
 
 # ------------------------------------------------------------------------- small pieces
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def _load_tok(ds):
     from zhgpt.tokenizer import load_tokenizer
     return load_tokenizer(ds.tokenizer_dir)
@@ -661,16 +616,18 @@ def _load_tok(ds):
 
 def _save(run_dir, step, model, optimizer, state, elapsed, full_config, ds, metrics, best, keep_last, dist,
           force=False):
+    """Checkpoint on rank 0 (all ranks call it: under FSDP gathering the state is a collective)."""
+    from zhgpt.checkpoint import save_checkpoint
+    model_state, optim_state = dist.full_state(model, optimizer)
+    state["saved_step"] = step    # on every rank: they must agree on which steps still need a save
     if not dist.master:
         return None
-    from zhgpt.checkpoint import save_checkpoint
     state["elapsed_s"] = elapsed
     train_state = {k: state[k] for k in ("step", "tokens_seen", "elapsed_s", "best_val")}
     meta = {"model": full_config["model"], "train": full_config["train"], "eot_id": ds.eot_id,
             "tokenizer_hash": ds.tokenizer_hash, "metrics": {k: v for k, v in (metrics or {}).items()}}
-    path = save_checkpoint(run_dir, step, model, optimizer, train_state, meta, ds.tokenizer_dir,
+    path = save_checkpoint(run_dir, step, model_state, optim_state, train_state, meta, ds.tokenizer_dir,
                            keep_last=keep_last, best=best)
-    state["saved_step"] = step
     return path
 
 
