@@ -67,11 +67,14 @@ TINY_TRAIN = dict(batch_size=8, lr=3e-3, warmup_steps=5, eval_every=20, log_ever
 
 @pytest.fixture(scope="session")
 def trained_run(pd_dataset, tmp_path_factory):
-    """A tiny GPT trained for 60 steps: used by generate/export/eval/serve tests."""
+    """A tiny GPT trained for 60 steps, with TensorBoard and the end-of-run report, as a user gets it:
+    used by the generate/export/eval/serve tests."""
     from zhgpt.train import TrainConfig, main
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = TrainConfig(data=[str(pd_dataset)], out=str(out), max_steps=60, preset="cpu-tiny", **TINY_TRAIN)
+    cfg = TrainConfig(data=[str(pd_dataset)], out=str(out), max_steps=60, preset="cpu-tiny",
+                      **{**TINY_TRAIN, "log": ["tensorboard"], "report": True})
     return main(cfg, model_overrides=dict(TINY))
+
 
 
 def run_cli(*args, env=None, timeout=300, check=False):

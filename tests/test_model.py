@@ -140,3 +140,20 @@ def test_bad_model_configs_give_clear_errors():
         model_config("huge")
     with pytest.raises(ZhgptError, match="unknown model field"):
         model_config("cpu-tiny", n_layers=3)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    cfg = tiny()
+    a = GPT(cfg)
+    b = GPT(cfg)
+    b.load_state_dict(a.state_dict())
+    b.grad_checkpointing = True
+    x = torch.randint(0, cfg.vocab_size, (2, 32))
+    y = torch.randint(0, cfg.vocab_size, (2, 32))
+    la, lb = a(x, y)[1], b(x, y)[1]
+    la.backward()
+    lb.backward()
+    assert torch.equal(la, lb)
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6), n

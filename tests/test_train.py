@@ -47,6 +47,17 @@ def test_tiny_model_learns_and_writes_a_complete_run_folder(trained_run):
     meta = json.loads((run / "checkpoints" / "step_0000060" / "meta.json").read_text())
     assert meta["step"] == 60 and meta["files"]["model.safetensors"]["sha256"]
     assert (run / "final" / "config.json").is_file()
+    # What a person opens: the report with curves and the sample evolution, and TensorBoard events.
+    for name in ("loss_curve.png", "report.md", "report.html"):
+        assert (run / name).stat().st_size > 1000, name
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert "人工智能是" in html and "data:image/png;base64" in html
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "val/bpc"} <= set(tags["scalars"])
+    assert any(t.startswith("samples/") for t in tags["tensors"])
 
 
 def test_schedule_warms_up_then_anneals_to_min():
@@ -215,3 +226,26 @@ def test_ddp_killing_one_rank_ends_the_job_instead_of_hanging(pd_dataset, tmp_pa
             proc.kill()
     assert proc.returncode != 0
     assert "Signal 9" in err or "SIGKILL" in err or "failed" in err.lower()
+
+
+def test_out_of_memory_becomes_advice(pd_dataset, tmp_path, monkeypatch):
+    from zhgpt.model import GPT
+
+    def boom(self, *a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes")
+    monkeypatch.setattr(GPT, "forward", boom)
+    cfg = TrainConfig(data=[str(pd_dataset)], out=str(tmp_path / "oom"), max_steps=3, preset="cpu-tiny",
+                      **{**TINY_TRAIN, "eval_every": 100})
+    with pytest.raises(ZhgptError, match="out of memory with --batch-size 8; lower --batch-size"):
+        main(cfg, model_overrides=dict(TINY))
+
+
+def test_init_from_refuses_a_dataset_tokenised_differently(trained_run, pd_text, tmp_path, zhgpt_home):
+    from zhgpt.prepare import DataConfig, main as prepare
+    train, val = pd_text
+    other = prepare(DataConfig(sources=[str(train)], out=str(tmp_path / "bpe"), tokenizer="bpe", vocab_size=600,
+                               val_source=str(val), quiet=True))
+    res = run_cli("train", "--init-from", Path(trained_run) / "final", "--data", other, "--max-steps", 1,
+                  "--out", tmp_path / "r")
+    assert res.returncode == 2
+    assert "different tokenizer than --init-from" in res.stderr and "zhgpt data prepare" in res.stderr

@@ -1,0 +1,230 @@
+"""`zhgpt demo`: the page's pieces, and the real page in headless Chromium driven by Selenium.
+
+The browser test uses Debian's chromium + chromium-driver (same package version, so they always match) with
+the driver path given explicitly: Selenium Manager is never asked to download a driver or a browser. Every
+host but loopback is made unresolvable inside Chromium, and the test checks that no request left the machine,
+i.e. the page works offline. Skipped with the reason when Chromium, its driver or selenium is missing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+gr = pytest.importorskip("gradio", reason="needs the [serve] extra (gradio)")
+httpx = pytest.importorskip("httpx", reason="needs the [serve] extra")
+
+from zhgpt.demo import (UI_DEFAULTS, DemoConfig, build_demo, default_compare, find_run_dir,   # noqa: E402
+                        launch, model_facts, render, sample_stream)
+from zhgpt.engine import Engine, SamplingParams                                        # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def _serve_tests():
+    """tests/test_serve.py, for build_tiny_run (one tiny trained model shared by both files)."""
+    spec = importlib.util.spec_from_file_location("_zhgpt_test_serve_helpers",
+                                                  Path(__file__).with_name("test_serve.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _serve_tests().build_tiny_run(tmp_path_factory.getbasetemp() / "zhgpt-tiny-run")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    from zhgpt.checkpoint import load_for_inference
+    model, tok, info = load_for_inference(tiny["run"])
+    return Engine(model, tok), info
+
+
+def cjk(text: str) -> int:
+    return sum("\u4e00" <= c <= "\u9fff" for c in text)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ============================================================================ pieces
+
+def test_run_dir_and_facts(tiny, engine):
+    run = tiny["run"].resolve()
+    assert find_run_dir(run) == run
+    assert find_run_dir(tiny["checkpoints"][-1]) == run
+    assert find_run_dir(tiny["hf"]) == run
+    assert find_run_dir(tiny["tokenizer"]) is None
+    eng, info = engine
+    facts = dict(model_facts(eng, info, run))
+    assert facts["parameters"].endswith("k") and facts["context"] == "64 tokens"
+    assert float(facts["val bits/char"]) > 0 and "tokens trained" in facts and "checkpoint step" in facts
+    assert default_compare([f"s{i}" for i in range(10)], 4) == ["s0", "s3", "s6", "s9"]
+    assert default_compare(["a", "b"], 4) == ["a", "b"]
+
+
+def test_sample_stream_yields_growing_text(engine):
+    eng, _ = engine
+    p = SamplingParams(max_new_tokens=20, seed=3, num_return_sequences=2)
+    steps = list(sample_stream(eng, "人工智能是", p))
+    texts, note = steps[-1]
+    assert len(texts) == 2 and "tokens/s" in note
+    assert texts == eng.generate("人工智能是", p).texts   # the same engine, the same seed, the same text
+    out = render("人工智能是", texts)
+    assert out.count("--- sample") == 2 and out.count("人工智能是") == 2
+
+
+def test_page_serves_without_external_urls(tiny, monkeypatch):
+    # Every host name the server side looks up while building, launching and serving the page.
+    looked_up = []
+    real = socket.getaddrinfo
+
+    def spy(host, *a, **kw):
+        looked_up.append(host)
+        return real(host, *a, **kw)
+    monkeypatch.setattr(socket, "getaddrinfo", spy)
+    cfg = DemoConfig(model=str(tiny["run"]), port=free_port(), device="cpu")
+    demo = build_demo(cfg)
+    launch(demo, cfg, block=False)
+    try:
+        html = httpx.get(f"http://127.0.0.1:{cfg.port}/", timeout=30).text
+        assert "zhgpt demo" in html
+        assert "fonts.googleapis" not in html and "cdn.jsdelivr" not in html
+        cfg_json = httpx.get(f"http://127.0.0.1:{cfg.port}/config", timeout=30).json()
+        assert cfg_json.get("analytics_enabled") in (False, None)
+    finally:
+        demo.close()
+    # No analytics, version check or telemetry: the server only ever talks to itself.
+    assert set(map(str, looked_up)) <= {"127.0.0.1", "localhost"}, looked_up
+
+
+def test_missing_model_is_a_user_error(tmp_path):
+    from zhgpt.errors import ZhgptError
+    with pytest.raises(ZhgptError, match="needs --model"):
+        build_demo(DemoConfig(device="cpu"))
+    with pytest.raises(ZhgptError, match="no such model"):
+        build_demo(DemoConfig(model=str(tmp_path / "nope"), device="cpu"))
+
+
+# ============================================================================ the browser
+
+def make_driver(tmp_path: Path, monkeypatch):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("headless browser test needs Debian's chromium and chromium-driver "
+                    "(apt-get install -y chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="browser test needs `pip install selenium`")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    monkeypatch.setenv("SE_OFFLINE", "true")   # belt and braces: Selenium Manager must never download anything
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1360,1100", "--lang=zh-CN",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                 # The network is closed: any host but loopback fails to resolve at once, nothing can hang.
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=opts)
+    driver.set_page_load_timeout(60)
+    return driver
+
+
+def requested_urls(driver) -> list[str]:
+    urls = []
+    for entry in driver.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.requestWillBeSent":
+            urls.append(msg["params"]["request"]["url"])
+    return urls
+
+
+def chinese_seed(engine, prompt: str) -> tuple[int, str]:
+    """(seed, text) such that the page's default settings give several Chinese characters: a model trained
+    for seconds often ends its text after a token or two, and the test must not depend on that luck."""
+    eng, _ = engine
+    for seed in range(100):
+        p = SamplingParams(**{**UI_DEFAULTS, "max_new_tokens": min(UI_DEFAULTS["max_new_tokens"], eng.block_size * 4)},
+                           seed=seed)
+        text = eng.generate(prompt, p).texts[0]
+        if cjk(text) >= 5:
+            return seed, text
+    pytest.fail("the tiny model never wrote 5 Chinese characters")
+
+
+def test_browser_generates_chinese(tiny, engine, tmp_path, monkeypatch):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    prompt = "人工智能是"
+    seed, expected = chinese_seed(engine, prompt)
+    driver = make_driver(tmp_path, monkeypatch)
+    cfg = DemoConfig(model=str(tiny["run"]), port=free_port(), device="cpu")
+    demo = build_demo(cfg)
+    launch(demo, cfg, block=False)
+    try:
+        driver.get(f"http://127.0.0.1:{cfg.port}/")
+        wait = WebDriverWait(driver, 60)
+        box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
+        box.send_keys(prompt)
+        seed_box = driver.find_element(By.CSS_SELECTOR, "#seed input")
+        seed_box.send_keys(Keys.CONTROL, "a")
+        seed_box.send_keys(str(seed))
+        # Example prompts, sliders, the loss curve and the facts table are on the page.
+        body = driver.find_element(By.TAG_NAME, "body").text
+        for text in ("中国的历史", "教育的目的", "temperature", "repetition penalty", "val bits/char"):
+            assert text in body, text
+        assert driver.find_elements(By.CSS_SELECTOR, "img[alt], img[src]"), "loss curve image missing"
+        driver.find_element(By.CSS_SELECTOR, "#generate-btn").click()
+        out = driver.find_element(By.CSS_SELECTOR, "#output textarea")
+
+        # The status line reports tokens/s once the generation finished.
+        WebDriverWait(driver, 120, poll_frequency=0.2).until(
+            lambda d: "tokens/s" in d.find_element(By.CSS_SELECTOR, "#status").text)
+        value = out.get_property("value")
+        assert value.startswith(prompt) and cjk(value[len(prompt):]) >= 3, value
+        assert value == prompt + expected   # the page used the engine with the sliders' settings and the seed
+
+        shot = tmp_path / "demo.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("ZHGPT_SAVE_SCREENSHOT") == "1":
+            shutil.copy(shot, ROOT / "docs" / "demo.png")
+
+        # Compare tab: the same prompt through every checkpoint of the run, side by side.
+        driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Compare checkpoints')]").click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#compare-btn").is_displayed())
+        driver.find_element(By.CSS_SELECTOR, "#compare-btn").click()
+        n = len(tiny["checkpoints"])
+
+        def compared(d):
+            vals = [e.get_property("value") or "" for e in d.find_elements(By.CSS_SELECTOR, ".compare-out textarea")]
+            return len([v for v in vals if v.startswith("中国的历史") and not v.endswith("generating")]) == n
+        WebDriverWait(driver, 120, poll_frequency=0.2).until(compared)
+        driver.save_screenshot(str(tmp_path / "compare.png"))
+
+        urls = requested_urls(driver)
+        assert any(urlparse(u).hostname == "127.0.0.1" for u in urls), "the request log is empty"
+        external = [u for u in urls if urlparse(u).scheme in ("http", "https", "ws", "wss")
+                    and urlparse(u).hostname not in ("127.0.0.1", "localhost")]
+        assert not external, f"the page fetched from the network: {external[:5]}"
+    finally:
+        driver.quit()
+        demo.close()
