@@ -144,3 +144,20 @@ def test_init_from_exported_model_starts_equal_and_keeps_learning(trained_run, p
     ref = json.loads((Path(trained_run) / "run.json").read_text())["final"]["val_loss"]
     assert evals[0]["val_loss"] == pytest.approx(ref, rel=1e-4)   # the same weights at step 0
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+
+
+def test_onnx_export_runs_in_onnx_runtime_with_parity(trained_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import numpy as np
+    import onnxruntime as ort
+    from zhgpt.export import ExportConfig, main as export_main
+    out = export_main(ExportConfig(model=str(trained_run), format="onnx", out=str(tmp_path / "onnx")))
+    sess = ort.InferenceSession(str(out / "model.onnx"))
+    model, tok, _ = load_for_inference(trained_run)
+    ids = tok.encode("中国的历史").ids
+    logits = sess.run(None, {"input_ids": np.array([ids], dtype=np.int64)})[0]
+    with torch.no_grad():
+        want = model(torch.tensor([ids]))[0].numpy()
+    assert logits.shape == want.shape and np.abs(logits - want).max() < 1e-4
+    assert (out / "tokenizer" / "tokenizer.json").is_file()

@@ -131,6 +131,59 @@ def export_hf(model: GPT, tokenizer_dir, out_dir, eot_id: int = EOT_ID, dtype: t
     return out_dir
 
 
+# ------------------------------------------------------------------------- ONNX
+
+class _LogitsOnly(torch.nn.Module):
+    """The exported graph: token ids (B, T) -> logits (B, T, V), no cache (T is a dynamic axis)."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids)[0]
+
+
+def export_onnx(model: GPT, tokenizer_dir, out_dir, check: bool = True) -> float:
+    """Write out_dir/model.onnx (+ tokenizer, meta.json) with torch.onnx's dynamo exporter and, with
+    ``check``, run it in ONNX Runtime on a fresh input: returns the max abs logit difference to PyTorch."""
+    import warnings
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise ZhgptError("--format onnx needs the onnx extra: pip install onnx onnxscript onnxruntime")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.float().cpu().eval()
+    wrapper = _LogitsOnly(model)
+    T = torch.export.Dim("T", min=1, max=model.cfg.block_size)
+    example = torch.zeros(1, min(16, model.cfg.block_size), dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=["input_ids"],
+                                    output_names=["logits"], dynamic_shapes={"input_ids": {1: T}}, verbose=False)
+    program.save(str(out_dir / "model.onnx"))
+    tok_out = out_dir / "tokenizer"
+    shutil.rmtree(tok_out, ignore_errors=True)
+    shutil.copytree(tokenizer_dir, tok_out)
+    from dataclasses import asdict
+    save_json(out_dir / "meta.json", {"format": "onnx", "inputs": {"input_ids": "int64 (1, T), T <= block_size"},
+                                      "outputs": {"logits": "float32 (1, T, vocab)"}, "model": asdict(model.cfg)})
+    if not check:
+        return float("nan")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ZhgptError("the ONNX file was written but cannot be checked: pip install onnxruntime")
+    sess = ort.InferenceSession(str(out_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, model.cfg.vocab_size, (1, max(2, model.cfg.block_size // 2 + 3)), generator=g)
+    got = sess.run(None, {"input_ids": x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x)[0].numpy()
+    return float(abs(got - want).max())
+
+
 # ------------------------------------------------------------------------- import
 
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -225,6 +278,8 @@ class ExportConfig:
     dtype: str = opt("fp32", "weight precision of the export", choices=("fp32", "bf16", "fp16"))
     quantize: str = opt("", "int8: write a dynamically quantised CPU model (int8 linear layers) that "
                             "`zhgpt generate` loads, instead of a Hugging Face folder", choices=("", "int8"))
+    format: str = opt("hf", "hf: Hugging Face model folder; onnx: model.onnx (token ids -> logits, dynamic "
+                            "length) for ONNX Runtime, checked against PyTorch after export", choices=("hf", "onnx"))
 
     def __post_init__(self):
         if not self.model:
@@ -247,6 +302,12 @@ def main(cfg: ExportConfig) -> Path:
         save_int8(model, p / TOKENIZER, out, eot_id=info.get("eot_id", EOT_ID))
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         print(f"exported int8 model {p} -> {out} ({size / 2**20:.1f} MiB); run it with `zhgpt generate --model {out}`")
+        return out
+    if cfg.format == "onnx":
+        out = Path(cfg.out) if cfg.out else (run_dir / "final-onnx" if is_run else p.with_name(p.name + "-onnx"))
+        diff = export_onnx(model, p / TOKENIZER, out)
+        print(f"exported ONNX model {p} -> {out / 'model.onnx'}; ONNX Runtime logits match PyTorch "
+              f"(max abs diff {diff:.2e})")
         return out
     out = Path(cfg.out) if cfg.out else (run_dir / "final" if is_run else p.with_name(p.name + "-hf"))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
