@@ -565,20 +565,32 @@ def test_32_concurrent_clients(hf_server, oai, tokenizer):
 
 def test_stream_rows_equals_engine_generate(tiny):
     from zhgpt.checkpoint import load_for_inference
-    from zhgpt.serve import stream_rows
     model, tok, _ = load_for_inference(tiny["hf"])
     engine = Engine(model, tok)
     for stop in ([], ["的"], ["，", "。"]):
         p = SamplingParams(max_new_tokens=20, temperature=1.0, top_k=0, seed=7, num_return_sequences=3, stop=stop)
+        # Reference built independently of stream_rows: the raw token rows, decoded whole, cut at the first stop.
+        rows, ended = [[] for _ in range(3)], [False] * 3
+        for nxt in engine.generate_ids(engine.encode("中国"), p):
+            for i, t in enumerate(nxt.tolist()):
+                if not ended[i]:
+                    ended[i] = t == engine.eot_id
+                    rows[i] += [] if ended[i] else [t]
+        want_texts = []
+        for r in rows:
+            text = engine.decode(r)
+            cuts = [text.find(s) for s in stop if s in text]
+            want_texts.append(text[:min(cuts)] if cuts else text)
         want = engine.generate("中国", p)
+        assert want.texts == want_texts
         texts, reasons, tokens = [""] * 3, [None] * 3, [0] * 3
-        for row, delta, reason, n in stream_rows(engine, engine.encode("中国"), p):
+        for row, delta, reason, n in engine.stream_rows(engine.encode("中国"), p):
             assert reasons[row] is None, "no event after a row finished"
             texts[row] += delta
             if reason:
                 reasons[row], tokens[row] = reason, n
         assert texts == want.texts and reasons == want.finish_reasons
-        assert tokens == [len(r) for r in want.ids]
+        assert tokens == want.completion_tokens
 
 
 def test_cli_flags_and_errors(tmp_path):

@@ -11,7 +11,7 @@ tokens trained, validation bits per character, from RUN/run.json and the checkpo
 Tab "Compare checkpoints": one prompt through several checkpoints of the run (RUN/checkpoints/step_*) side by
 side, all with the same seed, so the differences come from training alone.
 
-Generation goes through the engine (``zhgpt.serve.stream_rows`` over ``Engine.generate_ids``), one request at
+Generation goes through the engine (``Engine.stream_rows``), one request at
 a time: PyTorch already uses every core for one forward, so running two at once only makes both slower.
 
 Offline: analytics are off (GRADIO_ANALYTICS_ENABLED=False, set before gradio is imported), the theme uses
@@ -149,13 +149,12 @@ def default_compare(names: list[str], k: int = MAX_COMPARE) -> list[str]:
 
 def sample_stream(engine: Engine, prompt: str, p: SamplingParams):
     """Yield (texts of every sample so far, note) while generating; the last yield is the complete answer."""
-    from zhgpt.serve import stream_rows
     ids, truncated = engine.fit_prompt(engine.encode(prompt), p.max_new_tokens)
     note = f"prompt truncated to its last {len(ids)} tokens (context {engine.block_size}). " if truncated else ""
     texts = [""] * p.num_return_sequences
     tokens = [0] * p.num_return_sequences
     t0 = last = time.monotonic()
-    for row, delta, reason, n in stream_rows(engine, ids, p):
+    for row, delta, reason, n in engine.stream_rows(ids, p):
         texts[row] += delta
         tokens[row] = n
         now = time.monotonic()

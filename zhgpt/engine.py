@@ -7,7 +7,7 @@ temperature -> top-k -> top-p) so the same settings mean the same thing in both.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -69,12 +69,29 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingP
 
 @dataclass
 class Generation:
-    """The result for one prompt: token ids and text of each returned sequence."""
+    """The result for one prompt: the text and token count of each returned sequence."""
     prompt_tokens: int
-    ids: list[list[int]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
-    finish_reasons: list[str] = field(default_factory=list)   # "stop" (eot or stop string) or "length"
+    completion_tokens: list[int] = field(default_factory=list)   # generated tokens per row (end-of-text excluded)
+    finish_reasons: list[str] = field(default_factory=list)      # "stop" (eot or stop string) or "length"
     truncated_prompt: bool = False
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of ``text`` that could still grow into a stop string: it is not sent yet,
+    so a streamed answer never shows the start of a stop string that the final answer cuts away."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> str:
+    cuts = [text.find(s) for s in stops if s and s in text]
+    return text[:min(cuts)] if cuts else text
 
 
 class Engine:
@@ -138,64 +155,82 @@ class Engine:
                 break
 
     # ---------------------------------------------------------------- text API
-    def generate(self, prompt: str, p: SamplingParams, use_cache: bool = True) -> Generation:
+    def stream_rows(self, prompt_ids: list[int], p: SamplingParams, use_cache: bool = True,
+                    cancelled: Callable[[], bool] = lambda: False) -> Iterator[tuple[int, str, str | None, int]]:
+        """Text deltas of all ``p.num_return_sequences`` rows, as they are generated.
+
+        Yields ``(row, delta, finish_reason, tokens)``: finish_reason is None until the row's last event, then
+        "stop" (end-of-text or a stop string) or "length"; ``tokens`` counts the row's generated tokens (the
+        end-of-text token excluded). Deltas never end inside a multi-byte character (byte-level tokens can)
+        and never show the start of a stop string that the final text cuts away, so streamed and
+        non-streamed answers with the same seed are the same text. The CLI, the demo and the API use this.
+        """
+        n = p.num_return_sequences
+        stops = [s for s in p.stop if s]
+        ids: list[list[int]] = [[] for _ in range(n)]
+        sent = [""] * n
+        done = [False] * n
+
+        def finish(i: int, text: str, reason: str):
+            done[i] = True
+            # The text only grows at its end, except for a trailing half character that a later byte completed.
+            delta = text[len(sent[i]):] if text.startswith(sent[i]) else ""
+            sent[i] = text
+            return i, delta, reason, len(ids[i])
+
+        gen = self.generate_ids(prompt_ids, p, use_cache)
+        try:
+            for nxt in gen:
+                if cancelled():
+                    return
+                for i, t in enumerate(nxt.tolist()):
+                    if done[i]:
+                        continue
+                    if t == self.eot_id and p.stop_at_eot:
+                        yield finish(i, self.decode(ids[i]), "stop")
+                        continue
+                    ids[i].append(t)
+                    text = self.decode(ids[i])
+                    if stops:
+                        cut = _cut_at_stop(text, stops)
+                        if cut != text:
+                            yield finish(i, cut, "stop")
+                            continue
+                    if text.endswith("\ufffd"):   # a byte-level token ended inside a multi-byte character
+                        continue
+                    safe = len(text) - _held_back(text, stops)
+                    if safe > len(sent[i]) and text.startswith(sent[i]):
+                        yield i, text[len(sent[i]):safe], None, len(ids[i])
+                        sent[i] = text[:safe]
+                if all(done):
+                    return
+            for i in range(n):
+                if not done[i]:
+                    yield finish(i, self.decode(ids[i]), "length")
+        finally:
+            gen.close()
+
+    def _prompt_ids(self, prompt: str, p: SamplingParams) -> tuple[list[int], bool]:
         ids, truncated = self.fit_prompt(self.encode(prompt), p.max_new_tokens)
         if truncated:
             warnings.warn(f"prompt longer than the context ({self.block_size} tokens): kept its last {len(ids)} tokens")
-        rows: list[list[int]] = [[] for _ in range(p.num_return_sequences)]
-        finished = [False] * len(rows)
-        reasons = ["length"] * len(rows)
-        for nxt in self.generate_ids(ids, p, use_cache):
-            for i, t in enumerate(nxt.tolist()):
-                if finished[i]:
-                    continue
-                if t == self.eot_id and p.stop_at_eot:
-                    finished[i], reasons[i] = True, "stop"
-                    continue
-                rows[i].append(t)
-                if p.stop and self._hit_stop(rows[i], p.stop):
-                    finished[i], reasons[i] = True, "stop"
-            if all(finished):
-                break
-        texts = []
-        for i, r in enumerate(rows):
-            text = self.decode(r)
-            if p.stop:
-                text = self._cut_at_stop(text, p.stop)
-            texts.append(text)
-        return Generation(len(ids), rows, texts, reasons, truncated)
+        return ids, truncated
+
+    def generate(self, prompt: str, p: SamplingParams, use_cache: bool = True) -> Generation:
+        ids, truncated = self._prompt_ids(prompt, p)
+        n = p.num_return_sequences
+        g = Generation(len(ids), [""] * n, [0] * n, ["length"] * n, truncated)
+        for row, delta, reason, ntok in self.stream_rows(ids, p, use_cache):
+            g.texts[row] += delta
+            g.completion_tokens[row] = ntok
+            if reason:
+                g.finish_reasons[row] = reason
+        return g
 
     def stream(self, prompt: str, p: SamplingParams) -> Iterator[str]:
-        """Text pieces of the first sequence as they are generated (for terminals, the demo and SSE)."""
-        ids, truncated = self.fit_prompt(self.encode(prompt), p.max_new_tokens)
-        if truncated:
-            warnings.warn(f"prompt longer than the context ({self.block_size} tokens): kept its last {len(ids)} tokens")
-        out: list[int] = []
-        emitted = ""
-        for nxt in self.generate_ids(ids, SamplingParams(**{**p.__dict__, "num_return_sequences": 1})):
-            t = int(nxt[0])
-            if t == self.eot_id and p.stop_at_eot:
-                break
-            out.append(t)
-            text = self.decode(out)
-            # Byte-level tokens can end inside a multi-byte character: wait until it is complete.
-            if text.endswith("\ufffd"):
-                continue
-            if p.stop:
-                cut = self._cut_at_stop(text, p.stop)
-                if cut != text:
-                    if len(cut) > len(emitted):
-                        yield cut[len(emitted):]
-                    return
-            if len(text) > len(emitted) and text.startswith(emitted):
-                yield text[len(emitted):]
-                emitted = text
-
-    def _hit_stop(self, ids: list[int], stops: list[str]) -> bool:
-        tail = self.decode(ids[-32:])
-        return any(s and s in tail for s in stops)
-
-    @staticmethod
-    def _cut_at_stop(text: str, stops: list[str]) -> str:
-        cuts = [text.find(s) for s in stops if s and s in text]
-        return text[:min(cuts)] if cuts else text
+        """Text pieces of one sequence as they are generated (terminal streaming)."""
+        ids, _ = self._prompt_ids(prompt, p)
+        single = SamplingParams(**{**p.__dict__, "num_return_sequences": 1})
+        for _, delta, _, _ in self.stream_rows(ids, single):
+            if delta:
+                yield delta

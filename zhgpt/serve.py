@@ -148,75 +148,6 @@ class ApiError(Exception):
 
 # ============================================================================ streaming rows
 
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest tail of ``text`` that could still grow into a stop string: it is not sent yet,
-    so a streamed answer never shows the start of a stop string that the final answer cuts away."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
-
-
-def stream_rows(engine: Engine, prompt_ids: list[int], p: SamplingParams,
-                cancelled: Callable[[], bool] = lambda: False) -> Iterator[tuple[int, str, str | None, int]]:
-    """Text deltas of all ``p.num_return_sequences`` rows of one engine call, as they are generated.
-
-    Yields ``(row, delta, finish_reason, tokens)``: finish_reason is None until the row's last event, then
-    "stop" (end-of-text or a stop string) or "length"; ``tokens`` counts the row's generated tokens (the
-    end-of-text token excluded, as in ``Engine.generate``). Sampling is the engine's own loop
-    (``Engine.generate_ids``); this only turns its token rows into text the way ``Engine.generate`` and
-    ``Engine.stream`` do (same stop-string cut, no half characters), for every row and with finish reasons,
-    so streamed and non-streamed answers with the same seed are the same text.
-    """
-    n = p.num_return_sequences
-    stops = [s for s in p.stop if s]
-    ids: list[list[int]] = [[] for _ in range(n)]
-    sent = [""] * n
-    done = [False] * n
-
-    def finish(i: int, text: str, reason: str):
-        done[i] = True
-        # The text only grows at its end, except for a trailing half character that a later byte completed.
-        delta = text[len(sent[i]):] if text.startswith(sent[i]) else ""
-        sent[i] = text
-        return i, delta, reason, len(ids[i])
-
-    gen = engine.generate_ids(prompt_ids, p)
-    try:
-        for nxt in gen:
-            if cancelled():
-                return
-            for i, t in enumerate(nxt.tolist()):
-                if done[i]:
-                    continue
-                if t == engine.eot_id and p.stop_at_eot:
-                    yield finish(i, engine.decode(ids[i]), "stop")
-                    continue
-                ids[i].append(t)
-                text = engine.decode(ids[i])
-                if stops:
-                    cut = Engine._cut_at_stop(text, stops)
-                    if cut != text:
-                        yield finish(i, cut, "stop")
-                        continue
-                if text.endswith("\ufffd"):   # a byte-level token ended inside a multi-byte character
-                    continue
-                safe = len(text) - _held_back(text, stops)
-                if safe > len(sent[i]) and text.startswith(sent[i]):
-                    yield i, text[len(sent[i]):safe], None, len(ids[i])
-                    sent[i] = text[:safe]
-            if all(done):
-                return
-        for i in range(n):
-            if not done[i]:
-                yield finish(i, engine.decode(ids[i]), "length")
-    finally:
-        gen.close()
-
-
 # ============================================================================ the generation worker
 
 @dataclass(eq=False)
@@ -346,7 +277,7 @@ class Scheduler:
         self.stats["engine_calls"] += 1
         self.stats["jobs"] += len(group)
         self.stats["sequences"] += len(targets)
-        for row, delta, reason, ntok in stream_rows(self.engine, group[0].prompt_ids, params,
+        for row, delta, reason, ntok in self.engine.stream_rows(group[0].prompt_ids, params,
                                                     cancelled=lambda: all(j.cancelled for j in group)):
             for job, c in targets[row]:
                 if delta:
