@@ -108,6 +108,16 @@ def format_config(cfg, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def text_table(rows: list[tuple | list], right: bool = False) -> str:
+    """Rows of strings (the first is the header) as aligned columns with a rule under the header.
+    ``right`` right-aligns every column after the first (for tables of numbers)."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    fmt = lambda r: "  ".join(c.rjust(w) if right and i else c.ljust(w)  # noqa: E731
+                              for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    return "\n".join([fmt(rows[0]), "  ".join("-" * w for w in widths), *map(fmt, rows[1:])])
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a file so that readers see either the old or the new content, never half of it."""
     path = Path(path)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from zhgpt.config import add_args, format_config, from_args, opt, parse_size
+from zhgpt.config import add_args, format_config, from_args, opt, parse_size, text_table
 from zhgpt.errors import ZhgptError
 from zhgpt.model import ModelConfig
 from zhgpt.presets import PRESETS, count_params, format_params, get_preset
@@ -361,14 +361,11 @@ def format_table(ests: list[Estimate], cfg: EstimateConfig, memory: int | None) 
         if memory is not None:
             row.append(str(e.max_batch_ckpt if e.grad_checkpointing else e.max_batch))
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    out = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    out.insert(1, "  ".join("-" * w for w in widths))
     note = (f"{cfg.precision} {'autocast with fp32 master weights' if cfg.mixed else ''}, {cfg.optimizer}, "
             f"{'with' if cfg.grad_checkpointing else 'no'} gradient checkpointing, {cfg.attention} attention; "
             f"step time for batch x seq tokens at {cfg.device_tflops:g} TFLOPS sustained"
             + (f"; max batch in {fmt_bytes(memory)}" if memory is not None else ""))
-    return "\n".join(out + ["", note.replace("  ", " ")])
+    return text_table(rows, right=True) + "\n\n" + note.replace("  ", " ")
 
 
 # --- stage entry points ------------------------------------------------------------------------------

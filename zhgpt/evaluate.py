@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zhgpt.config import add_args, format_config, from_args, opt
+from zhgpt.config import add_args, format_config, from_args, opt, text_table
 from zhgpt.errors import ZhgptError
 from zhgpt.loader import eval_windows
 from zhgpt.shards import Split
@@ -159,9 +159,7 @@ def format_table(rows: list[dict]) -> str:
     head = ("file", "docs", "chars", "tokens", "chars/token", "loss", "ppl", "bits/char")
     body = [(r["file"], str(r["docs"]), str(r["chars"]), str(r["tokens"]), f"{r['chars'] / max(r['tokens'], 1):.2f}",
              f"{r['loss']:.4f}", f"{r['ppl']:.2f}", f"{r['bpc']:.4f}") for r in rows]
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
+    return text_table([head, *body])
 
 
 def resolve_device(name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from zhgpt.config import text_table
 from zhgpt.errors import ZhgptError
 from zhgpt.model import ModelConfig
 
@@ -81,10 +82,7 @@ def preset_table(vocab_size: int | None = None, arch: str = "gpt2") -> str:
                            **({"bias": False, "tie_embeddings": True} if arch == "llama" else {}))
         rows.append((name, str(cfg.n_layer), str(cfg.n_head), str(cfg.n_embd), str(cfg.block_size),
                      str(cfg.vocab_size), format_params(count_params(cfg)), desc))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
