@@ -161,3 +161,12 @@ def test_onnx_export_runs_in_onnx_runtime_with_parity(trained_run, tmp_path):
         want = model(torch.tensor([ids]))[0].numpy()
     assert logits.shape == want.shape and np.abs(logits - want).max() < 1e-4
     assert (out / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_min_new_tokens_holds_off_the_end_of_text(engine):
+    p = SamplingParams(max_new_tokens=40, temperature=1.0, seed=3)
+    ends = [engine.generate(q, p).completion_tokens[0] for q in PROMPTS]
+    held = [engine.generate(q, SamplingParams(**{**p.__dict__, "min_new_tokens": 25})).completion_tokens[0]
+            for q in PROMPTS]
+    assert all(n >= 25 for n in held)
+    assert min(ends) < 25      # without it this model ends some documents early (else the test shows nothing)

@@ -19,6 +19,7 @@ from zhgpt.errors import ZhgptError
 @dataclass
 class SamplingParams:
     max_new_tokens: int = opt(100, "tokens to generate")
+    min_new_tokens: int = opt(0, "do not end before this many tokens (the end-of-text token is masked until then)")
     temperature: float = opt(0.8, "softmax temperature; 0 = greedy (always the most likely token)")
     top_k: int = opt(50, "sample only from the k most likely tokens (0 = off)")
     top_p: float = opt(0.95, "sample from the smallest set of tokens whose probability sums to p (1 = off)")
@@ -32,6 +33,8 @@ class SamplingParams:
     def __post_init__(self):
         if self.max_new_tokens < 0:
             raise ZhgptError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            raise ZhgptError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         if self.temperature < 0:
             raise ZhgptError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -130,7 +133,7 @@ class Engine:
         cache = self.model.make_kv_cache(n) if use_cache else None
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         fresh = seq                                # tokens not yet fed to the model
-        for _ in range(p.max_new_tokens):
+        for i in range(p.max_new_tokens):
             if cache is not None and cache.pos + fresh.size(1) > self.block_size:
                 # Context full: slide the window, keeping the last half of the sequence as the new prefix.
                 cache.reset()
@@ -140,6 +143,8 @@ class Engine:
             else:
                 logits, _ = self.model(fresh, kv_cache=cache)
             logits = logits[:, -1, :].float()      # (n, V)
+            if i < p.min_new_tokens:
+                logits[:, self.eot_id] = float("-inf")
             logits = process_logits(logits, seq if p.repetition_penalty != 1.0 else None, p)
             if p.temperature == 0:
                 nxt = logits.argmax(-1)

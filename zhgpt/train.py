@@ -444,8 +444,10 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
     engine = Engine(raw_model, _load_tok(ds), eot_id=ds.eot_id)
-    sample_params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50, top_p=0.95,
-                                   repetition_penalty=1.1, seed=cfg.seed)
+    # Fixed settings and seed so outputs are comparable across steps. Small models end documents after a
+    # token or two (short reviews are common in the data): ask for at least half the sample length.
+    sample_params = SamplingParams(max_new_tokens=cfg.sample_tokens, min_new_tokens=cfg.sample_tokens // 2,
+                                   temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1, seed=cfg.seed)
 
     def evaluate_and_sample(step: int, elapsed: float) -> dict:
         rank, world = dist.eval_shards
