@@ -4,6 +4,7 @@
     python bench/bench_data.py --results       # also write the section in bench/RESULTS.md
     python bench/bench_data.py --tokenizers    # + chars/token and training time of bpe/unigram/char at defaults
     python bench/bench_data.py --big-gb 1      # peak RSS of `zhgpt data prepare` on a generated 1 GB file
+    python bench/bench_data.py --big-gb 1 --no-throughput --results   # only that (its own RESULTS section)
 
 The prepare pass is timed with a pre-trained tokenizer (the default bpe, 32k, trained once on the
 builtin corpus and cached in bench/out/), so it measures read + clean + dedup + encode + shard writing.
@@ -41,6 +42,7 @@ from zhgpt.prepare import DataConfig, main as prepare  # noqa: E402
 from zhgpt.sources import ReadOptions, iter_documents  # noqa: E402
 from zhgpt.tokenizer import KINDS, load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
 
+TITLE_BIG = "bench_data.py: peak memory of zhgpt data prepare on a large file"
 TITLE = "bench_data.py: zhgpt data prepare throughput"
 
 
@@ -177,6 +179,7 @@ def main() -> None:
     ap.add_argument("--tokenizers", action="store_true", help="also train each kind at its defaults")
     ap.add_argument("--big-gb", type=float, default=0.0, help="peak-RSS run on a generated file of this size")
     ap.add_argument("--big-tokenizer", default="bpe", help="--tokenizer for the --big-gb run")
+    ap.add_argument("--no-throughput", action="store_true", help="skip the throughput comparison")
     ap.add_argument("--results", action="store_true", help="write the section in bench/RESULTS.md")
     args = ap.parse_args()
     common.OUT.mkdir(parents=True, exist_ok=True)
@@ -185,8 +188,9 @@ def main() -> None:
     load_before = common.load_avg()
     docs = cleaned_builtin()
     body = []
-    print("throughput on the builtin corpus ...", flush=True)
-    body.append("### prepare vs raw encode_batch (builtin corpus)\n\n" + throughput(args, docs))
+    if not args.no_throughput:
+        print("throughput on the builtin corpus ...", flush=True)
+        body.append("### prepare vs raw encode_batch (builtin corpus)\n\n" + throughput(args, docs))
     if args.tokenizers:
         print("tokenizer kinds at their defaults ...", flush=True)
         body.append("### tokenizers at default vocabulary and sample (builtin corpus)\n\n" + tokenizer_table(docs))
@@ -199,7 +203,7 @@ def main() -> None:
     print()
     print(text)
     if args.results:
-        common.write_section(TITLE, text)
+        common.write_section(TITLE if not args.no_throughput else TITLE_BIG, text)
 
 
 if __name__ == "__main__":

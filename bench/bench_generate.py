@@ -130,20 +130,25 @@ def zhgpt_run(engine: Engine, ids: list[int], p: SamplingParams, gen_fn=None):
 def hf_run(hf, ids: list[int], p: SamplingParams):
     from transformers import GenerationConfig
     x = torch.tensor([ids])
+    # min_new_tokens: eos_token_id=None alone is not enough, transformers falls back to the model's
+    # generation_config (eos 0), and a trained model samples <|endoftext|> within a few dozen tokens.
+    n = p.max_new_tokens
     if p.temperature == 0:
-        gc = GenerationConfig(max_new_tokens=p.max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
-                              bos_token_id=0)
+        gc = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, bos_token_id=0)
     else:
-        gc = GenerationConfig(max_new_tokens=p.max_new_tokens, do_sample=True, temperature=p.temperature,
+        gc = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=True, temperature=p.temperature,
                               top_k=p.top_k, top_p=p.top_p, repetition_penalty=p.repetition_penalty,
-                              eos_token_id=None, pad_token_id=0, bos_token_id=0)
+                              pad_token_id=0, bos_token_id=0)
     torch.manual_seed(p.seed)
     s = _FirstTokenStreamer()
     t0 = time.perf_counter()
     with torch.inference_mode():
         y = hf.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=gc, streamer=s)
     end = time.perf_counter()
-    return s.first - t0, end - t0, y[0, len(ids):].tolist()
+    out = y[0, len(ids):].tolist()
+    if len(out) != n:
+        raise RuntimeError(f"HF generated {len(out)} tokens instead of {n}: the comparison would be unfair")
+    return s.first - t0, end - t0, out
 
 
 # ------------------------------------------------------------------------- prototypes of the engine loop

@@ -56,25 +56,32 @@ REF_SECONDS = 302.0
 
 # --vocab-size 8000 is the char tokenizer's default cap: without it the cpu-tiny preset's 4096 would apply and
 # cut the 4,688 characters of pd1998 (the vocabulary then holds <|endoftext|> + 256 bytes + 4,688 characters).
-REFERENCE = ["--tokenizer", "char", "--vocab-size", "8000", "--n-layer", "4", "--n-head", "4", "--n-embd", "256",
-             "--block-size", "256", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "0",
+REFERENCE = ["--optimizer", "adamw", "--dtype", "fp32", "--tokenizer", "char", "--vocab-size", "8000",
+             "--n-layer", "4", "--n-head", "4", "--n-embd", "256", "--block-size", "256", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "0",
              "--schedule", "constant"]
 REF_STEPS, REF_EVAL_EVERY = 200, 50
 
 
 def _r(desc, *flags, muon=False):
-    return {"desc": desc, "flags": list(flags), "muon": muon}
+    return {"desc": desc, "flags": list(flags) + (["--optimizer", "muon"] if muon else [])}
+
+
+# The screening's base, pinned (the cpu-tiny preset has since become its winner): gpt2 4L/4H/256d, ctx 256,
+# batch 16, BPE, AdamW, fp32, cosine. Later flags override earlier ones.
+SCREEN_BASE = ["--preset", "cpu-tiny", "--tokenizer", "bpe", "--block-size", "256", "--optimizer", "adamw",
+               "--dtype", "fp32", "--warmup-steps", "50"]
 
 
 def _bpe(vocab, *more):
-    return ["--preset", "cpu-tiny", "--vocab-size", str(vocab), "--lr", "3e-3", "--warmup-steps", "20", *more]
+    return [*SCREEN_BASE, "--vocab-size", str(vocab), "--lr", "3e-3", "--warmup-steps", "20", *more]
 
 
 # Screening recipes (100-s budgets). Each changes one thing against its base (named in the description).
 # Flags are `zhgpt train` flags; `--preset cpu-tiny` = gpt2 4L/4H/256d ctx 256, batch 16, bpe, cosine.
 SCREEN = {
     "ref@100s": _r("the reference recipe with a 100-s budget instead of 200 steps", *REFERENCE),
-    "cpu-tiny": _r("the cpu-tiny preset as it is (bpe 4096, lr 2e-3, warm-up 50, cosine)", "--preset", "cpu-tiny"),
+    "cpu-tiny": _r("the cpu-tiny preset as it was (bpe 4096, lr 2e-3, warm-up 50, cosine)", *SCREEN_BASE,
+                   "--vocab-size", "4096", "--lr", "2e-3"),
     "char-3e-3": _r("char (4,945), lr 3e-3, warm-up 20, cosine", *REFERENCE[:-6], "--lr", "3e-3",
                     "--warmup-steps", "20", "--schedule", "cosine"),
     "bpe4k-3e-3": _r("cpu-tiny with lr 3e-3, warm-up 20", *_bpe(4096)),
@@ -105,15 +112,24 @@ SCREEN = {
                                   muon=True),
 }
 
-# Finalists: run at 100 s and at 10 minutes by the default invocation (filled in from the screening).
+# Finalists, picked from the screening (RESULTS.md): each runs with the budgets listed; "ref/3" is a third of
+# the reference's own time to its final BPC on the same clock (the "3x faster" test). "cpu-tiny" is the preset
+# as it is now (the screening's best pieces together: unigram 16k, ctx 128, Muon lr 6e-3, bf16 on this CPU).
 FINAL = {
-    "cpu-tiny": SCREEN["cpu-tiny"],
+    "cpu-tiny": (_r("the cpu-tiny preset: unigram 16384, ctx 128, Muon + AdamW lr 6e-3, --dtype auto (bf16 here)",
+                    "--preset", "cpu-tiny"), ("ref/3", "100s", "10m")),
+    "cpu-tiny-adamw": (_r("cpu-tiny with AdamW lr 3e-3 instead of Muon",
+                          "--preset", "cpu-tiny", "--optimizer", "adamw", "--lr", "3e-3"), ("10m",)),
+    "cpu-tiny-llama": (_r("cpu-tiny with --arch llama --no-bias (RoPE, RMSNorm, SwiGLU)",
+                          "--preset", "cpu-tiny", "--arch", "llama", "--no-bias"), ("100s", "10m")),
+    "cpu-tiny-wide": (_r("cpu-tiny at 6 layers x 384 hidden (6 heads): more capacity for the 10 minutes",
+                         "--preset", "cpu-tiny", "--n-layer", "6", "--n-head", "6", "--n-embd", "384"), ("10m",)),
 }
 
 
 # ------------------------------------------------------------------------- running zhgpt train
 
-def train_cmd(flags: list[str], run_dir: Path, budget: str, max_steps: int, eval_every: int, muon: bool) -> list[str]:
+def train_cmd(flags: list[str], run_dir: Path, budget: str, max_steps: int, eval_every: int) -> list[str]:
     args = ["train", "--data", str(common.PD_TRAIN), "--val-data", str(common.PD_VAL), "--out", str(run_dir),
             "--no-report", "--no-export", "--log", "none", "--sample-tokens", "0", "--log-every", "5",
             "--eval-every", str(eval_every), "--keep-last", "1", *flags]
@@ -122,8 +138,6 @@ def train_cmd(flags: list[str], run_dir: Path, budget: str, max_steps: int, eval
     if max_steps:
         # A step-limited run must not stop at the cpu-tiny preset's 10-minute default budget on a loaded host.
         args += ["--max-steps", str(max_steps)] + ([] if budget else ["--time-budget", "12h"])
-    if muon:
-        return [sys.executable, __file__, "--_muon-train", *args]
     return [sys.executable, "-m", "zhgpt", *args]
 
 
@@ -145,7 +159,8 @@ def read_run(run_dir: Path) -> dict:
             "train_tps": tps[len(tps) // 2], "chars_per_token": cfg["data"]["chars_per_token"],
             "vocab": cfg["data"]["vocab_size"], "tokenizer": cfg["data"]["tokenizer_kind"],
             "model": {k: cfg["model"][k] for k in ("arch", "n_layer", "n_head", "n_embd", "block_size")},
-            "train": {k: cfg["train"][k] for k in ("batch_size", "lr", "warmup_steps", "schedule", "dtype")},
+            "train": {k: cfg["train"].get(k) for k in ("batch_size", "lr", "warmup_steps", "schedule", "dtype",
+                                                       "optimizer")},
             "final_bpc": evals[-1]["val_bpc"] if evals else float("nan"),
             "wall_elapsed": evals[-1]["elapsed_s"] if evals else float("nan")}
 
@@ -184,7 +199,7 @@ def run_recipe(name: str, recipe: dict, budget: str = "", max_steps: int = 0, ev
     if run_dir.exists():
         shutil.rmtree(run_dir)      # our own scratch folder under bench/out
     OUT.mkdir(parents=True, exist_ok=True)
-    cmd = train_cmd(recipe["flags"], run_dir, budget, max_steps, eval_every, recipe.get("muon", False))
+    cmd = train_cmd(recipe["flags"], run_dir, budget, max_steps, eval_every)
     env = {**os.environ, "ZHGPT_HOME": str(HOME), "PYTHONUNBUFFERED": "1", "TRANSFORMERS_VERBOSITY": "error"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -199,7 +214,7 @@ def run_recipe(name: str, recipe: dict, budget: str = "", max_steps: int = 0, ev
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(common.REPO)).returncode
     wall = time.time() - t0
     load1 = common.load_avg()
-    base = {"name": name, "desc": recipe["desc"], "flags": recipe["flags"], "muon": recipe.get("muon", False),
+    base = {"name": name, "desc": recipe["desc"], "flags": recipe["flags"],
             "budget": budget or tag, "max_steps": max_steps, "load": (load0, load1), "threads": threads or "default",
             "cal": cal}
     if rc != 0:
@@ -212,78 +227,6 @@ def run_recipe(name: str, recipe: dict, budget: str = "", max_steps: int = 0, ev
     with open(OUT / "runs.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return r
-
-
-# ------------------------------------------------------------------------- Muon prototype
-
-class MuonAdamW:
-    """Muon (torch.optim.Muon, lr adjusted to match AdamW's update RMS) for the 2-D matrices inside the
-    transformer blocks, AdamW for embeddings, biases and norms. The training loop sets g["lr"] on every
-    group each step; both inner optimizers share these group dicts, so the schedule applies to both."""
-
-    def __init__(self, groups, lr, betas=(0.9, 0.95), fused=None, **kw):
-        import torch
-        muon_groups, adam_groups = [], []
-        for g in groups:
-            if g.get("muon"):
-                muon_groups.append({k: v for k, v in g.items() if k != "muon"})
-            else:
-                adam_groups.append(g)
-        self.muon = torch.optim.Muon(muon_groups, lr=lr, adjust_lr_fn="match_rms_adamw")
-        adamw = getattr(torch.optim, "AdamW_orig", torch.optim.AdamW)    # install_muon() patches AdamW
-        self.adam = adamw(adam_groups, lr=lr, betas=betas)
-        self.param_groups = self.muon.param_groups + self.adam.param_groups
-
-    def __iter__(self):
-        # zhgpt saves optimizer state with torch.distributed.checkpoint's get_optimizer_state_dict, which
-        # takes one optimizer or an iterable of them.
-        return iter((self.muon, self.adam))
-
-    @property
-    def state(self):
-        return {**self.muon.state, **self.adam.state}
-
-    def step(self, closure=None):
-        self.muon.step()
-        self.adam.step()
-
-    def zero_grad(self, set_to_none=True):
-        self.muon.zero_grad(set_to_none=set_to_none)
-        self.adam.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return {"muon": self.muon.state_dict(), "adam": self.adam.state_dict()}
-
-    def load_state_dict(self, sd):
-        self.muon.load_state_dict(sd["muon"])
-        self.adam.load_state_dict(sd["adam"])
-
-
-def muon_groups(model, weight_decay: float) -> list[dict]:
-    """GPT.optimizer_groups plus a Muon group: the 2-D matrices inside the blocks."""
-    muon, decay, no_decay, seen = [], [], [], set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        if p.dim() == 2 and name.startswith("transformer.h."):
-            muon.append(p)
-        elif p.dim() >= 2 and not name.startswith(("transformer.wte", "transformer.wpe")):
-            decay.append(p)     # an untied lm_head: AdamW, as Muon's authors advise
-        else:
-            no_decay.append(p)
-    groups = [{"params": muon, "weight_decay": weight_decay, "muon": True},
-              {"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def install_muon():
-    """Patch zhgpt so `zhgpt train` (in this process) builds MuonAdamW with the Muon group."""
-    import torch
-    from zhgpt.model import GPT
-    GPT.optimizer_groups = muon_groups
-    torch.optim.AdamW_orig = torch.optim.AdamW
-    torch.optim.AdamW = MuonAdamW
 
 
 # ------------------------------------------------------------------------- idle-speed calibration
@@ -323,6 +266,7 @@ def calibrate(recipes: dict[str, dict], rounds: int) -> dict[str, dict]:
     from zhgpt.evaluate import autocast_ctx
     from zhgpt.loader import TrainBatches, eval_windows
     from zhgpt.model import GPT, ModelConfig
+    from zhgpt.optim import build_optimizers
     from zhgpt.train import pad_vocab, pick_dtype, prepare_data
 
     os.environ["ZHGPT_HOME"] = str(HOME)
@@ -335,8 +279,7 @@ def calibrate(recipes: dict[str, dict], rounds: int) -> dict[str, dict]:
         torch.manual_seed(cfg.seed)
         model = GPT(mcfg)
         amp = pick_dtype(cfg.dtype, "cpu")
-        groups = muon_groups(model, cfg.weight_decay) if rec.get("muon") else model.optimizer_groups(cfg.weight_decay)
-        opt = (MuonAdamW if rec.get("muon") else torch.optim.AdamW)(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        opt = build_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), "cpu")
         batches = TrainBatches(ds.split("train"), mcfg.block_size, cfg.batch_size, cfg.grad_accum, cfg.seed)
         val = ds.split("val")
         _, n_pred = eval_windows(val, mcfg.block_size, cfg.eval_tokens or None)
@@ -350,8 +293,9 @@ def calibrate(recipes: dict[str, dict], rounds: int) -> dict[str, dict]:
                     _, loss = model(x, y)
                 (loss / cfg.grad_accum).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            for o in opt.parts:
+                o.step()
+            opt.zero_grad()
             loss.item()
             torch.set_num_threads(threads0)
 
@@ -387,7 +331,7 @@ def calibrate(recipes: dict[str, dict], rounds: int) -> dict[str, dict]:
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     out = {}
     for name, rec in recipes.items():
-        key = json.dumps([rec["flags"], rec.get("muon", False), torch.__version__])
+        key = json.dumps([rec["flags"], torch.__version__])
         old = cache.get(key, {})
         now = {"cpu_step": min(cpu[f"{name}|step1"]), "cpu_fwd": min(cpu[f"{name}|fwd1"]),
                "wall2_step": min(times[f"{name}|step2"])}
@@ -428,7 +372,7 @@ def runs_table(runs: list[dict], ref_time: float | None, ref_bpc: float | None) 
         m, t = r["model"], r["train"]
         shape = f"{m['arch']} {m['n_layer']}L/{m['n_head']}H/{m['n_embd']}d ctx{m['block_size']}"
         tok = f"{r['tokenizer']} {r['vocab']} ({r['chars_per_token']:.2f} c/t)"
-        opt = f"{'Muon+AdamW' if r.get('muon') else 'AdamW'} {t['lr']:g} wu{t['warmup_steps']} {t['schedule']}"
+        opt = f"{'Muon+AdamW' if t.get('optimizer') == 'muon' else 'AdamW'} {t['lr']:g} wu{t['warmup_steps']} {t['schedule']}"
         pts = curve(r)
         t_ref = time_to(pts, ref_bpc) if ref_bpc else None
         speedup = ref_time / t_ref if (ref_time and t_ref) else None
@@ -457,11 +401,6 @@ def curve_lines(runs: list[dict]) -> str:
 # ------------------------------------------------------------------------- main
 
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--_muon-train":
-        install_muon()
-        from zhgpt.cli import main as zhgpt_main
-        zhgpt_main(sys.argv[2:])
-        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: reference 10 steps + cpu-tiny ~15 s")
     ap.add_argument("--screen", action="store_true", help="run the screening recipes at --budget (default 100s)")
@@ -485,7 +424,7 @@ def main():
     load0 = common.load_avg()
     print(f"{info['cpu']} | {info['cores']} cores | torch {info['torch']} | load {load0} | clock {args.clock}",
           flush=True)
-    all_recipes = {**SCREEN, **FINAL}
+    all_recipes = {**SCREEN, **{n: rec for n, (rec, _) in FINAL.items()}}
     ref_recipe = _r("reference: vanilla GPT-2 char 4L/4H/256d ctx256 B16 AdamW 1e-3 constant fp32, 200 steps",
                     *REFERENCE)
 
@@ -512,9 +451,13 @@ def main():
     else:
         if not args.no_ref:
             plan.append(("reference", ref_recipe, None, REF_STEPS, REF_EVAL_EVERY, ""))
-        long_s = parse_duration(args.long)
-        plan += [(n, rec, 100.0, 0, 10 ** 6, "") for n, rec in FINAL.items()]
-        plan += [(n, rec, long_s, 0, args.eval_every or -1, "") for n, rec in FINAL.items()]
+        for n, (rec, budgets) in FINAL.items():
+            for b in budgets:
+                if b == "ref/3":
+                    plan.append((n, rec, "ref/3", 0, 10 ** 6, "ref3"))
+                else:
+                    secs = parse_duration(args.long if b == "10m" else b)
+                    plan.append((n, rec, secs, 0, -1 if secs > 150 else 10 ** 6, ""))
         title = f"Time to quality — reference vs finalists, {args.clock} clock (bench/bench_quality.py)"
 
     # ---- calibration (idle clock) and the runs
@@ -523,6 +466,8 @@ def main():
         uniq = {}
         for name, rec, *_ in plan:
             uniq.setdefault(name, rec)
+        if any(p[2] == "ref/3" for p in plan):
+            uniq.setdefault("reference", ref_recipe)
         print(f"calibrating {len(uniq)} recipe(s), {args.cal_rounds} rounds ...", flush=True)
         cals = calibrate(uniq, 1 if args.quick else args.cal_rounds)
         for n, c in cals.items():
@@ -532,6 +477,15 @@ def main():
 
     jobs = []
     for name, rec, secs, steps, every, tag in plan:
+        if secs == "ref/3":
+            # A third of the reference's time to its final BPC: REF_STEPS steps and an evaluation every
+            # REF_EVAL_EVERY (the last one is the result, not counted), on this clock.
+            if args.clock == "idle":
+                c = cals["reference"]
+                secs = (REF_STEPS * c["s_step"] + REF_STEPS // REF_EVAL_EVERY * c["s_eval"]) / 3
+            else:
+                secs = REF_SECONDS / 3
+            tag = f"ref3-{secs:.0f}s"
         if args.clock == "idle":
             cal = cals[name]
             if every == -1:        # long runs: ~12 evaluations
@@ -546,8 +500,11 @@ def main():
             jobs.append(dict(name=name, recipe=rec, budget=f"{secs:g}s" if secs else "", max_steps=steps,
                              eval_every=every, tag=tag))
     if args.clock == "idle" and args.jobs > 1:
+        # Longest first, so the two lanes end together; the report keeps the plan's order.
+        order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["max_steps"] * jobs[i]["cal"]["s_step"])
         with ThreadPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(lambda j: run_recipe(**j), jobs))
+            done = dict(zip(order, pool.map(lambda i: run_recipe(**jobs[i]), order)))
+        runs = [done[i] for i in range(len(jobs))]
     else:
         runs = [run_recipe(**j) for j in jobs]
 

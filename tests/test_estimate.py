@@ -98,6 +98,7 @@ MEASURE = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from zhgpt.model import GPT, ModelConfig
+    from zhgpt.optim import param_groups
 
     def status(field):
         with open("/proc/self/status") as f:
@@ -123,7 +124,7 @@ MEASURE = textwrap.dedent("""
     base = status("VmRSS")
     cfg = ModelConfig(n_layer=4, n_head=4, n_embd=256, block_size=T, vocab_size=4096)
     model = GPT(cfg).train()
-    opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-3)
+    opt = torch.optim.AdamW(param_groups(model, 0.1, muon=False)[1], lr=1e-3)
     for p in model.parameters():          # create AdamW's m and v without paying for a first real step
         p.grad = torch.zeros_like(p)
     opt.step()

@@ -109,10 +109,12 @@ class Dist:
                                                               get_optimizer_state_dict)
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         msd = get_model_state_dict(model, options=opts)
-        osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+        # ``optimizer``: a zhgpt.optim.Optimizers set; DCP merges its parts into one by-name state dict
+        osd = get_optimizer_state_dict(model, optimizer.parts, options=opts) if optimizer is not None else None
         return (msd, osd) if self.master else (None, None)
 
     @staticmethod
     def load_optimizer(model: torch.nn.Module, optimizer, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(model, optimizer.parts, optim_state_dict=state,
+                                 options=StateDictOptions(full_state_dict=True))

@@ -306,19 +306,6 @@ class GPT(nn.Module):
         p = next(self.parameters())
         return KVCache(self.cfg, batch_size, max_len or self.cfg.block_size, p.device, dtype or p.dtype)
 
-    def optimizer_groups(self, weight_decay: float):
-        """AdamW groups: decay matrices only; biases, norms and embeddings are not decayed
-        (decaying embeddings of rare Chinese characters pulls them to zero between their rare updates)."""
-        decay, no_decay, seen = [], [], set()
-        for name, p in self.named_parameters():
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            is_embedding = name.startswith(("transformer.wte", "transformer.wpe"))
-            (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
-
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6 per weight used in a matmul
         (the blocks and the output layer; embedding lookups are free) plus 12*L*C*T for attention scores."""

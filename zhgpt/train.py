@@ -29,6 +29,7 @@ from zhgpt.config import (add_args, format_config, load_json, opt, overrides_fro
 from zhgpt.errors import ZhgptError
 from zhgpt.distributed import Dist
 from zhgpt.model import GPT, ModelConfig
+from zhgpt.optim import build_optimizers
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,7 +61,11 @@ class TrainConfig:
     warmup_steps: int = opt(100, "linear warm-up steps")
     schedule: str = opt("cosine", "learning-rate decay after warm-up", choices=("cosine", "wsd", "constant"))
     decay_frac: float = opt(0.2, "wsd: fraction of the run spent decaying at the end")
-    weight_decay: float = opt(0.1, "AdamW weight decay on matrices (not on biases, norms, embeddings)")
+    optimizer: str = opt("adamw", "adamw; muon: Muon for the matrices inside the blocks (same --lr and "
+                                  "--weight-decay, its update scaled to AdamW's RMS) and AdamW for the rest; "
+                                  "adamw8bit: bitsandbytes 8-bit AdamW state (CUDA only, else AdamW)",
+                         choices=("adamw", "muon", "adamw8bit"))
+    weight_decay: float = opt(0.1, "decoupled weight decay on matrices (not on biases, norms, embeddings)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.95, "AdamW beta2 (0.95 rather than 0.999: steadier with large learning rates)")
     grad_clip: float = opt(1.0, "clip the global gradient norm (0 = off)")
@@ -83,7 +88,8 @@ class TrainConfig:
     export: bool = opt(True, "export the final model as a Hugging Face folder RUN/final")
     # ---- hardware
     device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto")
-    dtype: str = opt("auto", "compute precision: auto (bf16 on GPUs that have it, fp32 on CPU), fp32, bf16, fp16",
+    dtype: str = opt("auto", "compute precision: auto (bf16 on GPUs and on CPUs with native bf16 "
+                             "(AVX512-BF16/AMX), else fp32 on CPU; fp16 on older GPUs), fp32, bf16, fp16",
                      choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the model (faster steps after a compile of ~1 minute)")
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
@@ -131,8 +137,18 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32   # CPU: fp32 is exact and resumable bit-for-bit; bf16 is opt-in (--dtype bf16)
+        # CPUs with native bf16 dot products run the step 1.6x faster under bf16 autocast and reached a lower
+        # bits/char in the same time (bench/RESULTS.md); elsewhere bf16 is emulated and slower than fp32.
+        return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else torch.float32
     return DTYPES[name]
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        caps = torch._C._cpu._get_cpu_capability()   # what oneDNN/ATen dispatch on; private, hence the fallback
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def hardware_info(device: str) -> dict:
@@ -213,8 +229,14 @@ def resolve_config(explicit: dict, model_overrides: dict, device: str) -> tuple[
     if explicit.get("init_from"):
         # Fine-tuning: the shape and tokenizer come from the model; a gentler default learning rate
         # keeps what it already knows (pre-training rates of 1e-3 wipe a small model out in a few steps).
-        train_fields.update(lr=FINETUNE_LR, warmup_steps=20, tokenizer="", vocab_size=0)
+        # AdamW: Muon fine-tuning of an AdamW-trained model did worse than AdamW in Moonshot's report.
+        train_fields.update(lr=FINETUNE_LR, warmup_steps=20, tokenizer="", vocab_size=0, optimizer="adamw")
         preset = "init-from"
+    if explicit.get("fsdp") and train_fields.get("optimizer") == "muon" and "optimizer" not in explicit:
+        # Muon needs whole matrices, FSDP shards them: the preset's Muon gives way to AdamW at AdamW's rate.
+        train_fields.update(optimizer="adamw", lr=train_fields["lr"] / 2)
+        print(f"zhgpt: note: --fsdp: using AdamW (lr {train_fields['lr']:g}) instead of the {preset} preset's Muon",
+              flush=True)
     merged = {**train_fields, **explicit, "preset": preset}
     model_fields.update(model_overrides)
     return TrainConfig(**merged), model_fields, preset
@@ -358,8 +380,8 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
     n_params_non_emb = model.num_params(non_embedding=True)
 
     dist.shard(model)   # FSDP: parameters become shards before the optimizer sees them
-    optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), fused=dev_type == "cuda")
+    optimizer = build_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), dev_type,
+                                 sharded=dist.fsdp)
     state = {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0, "best_val": None}
     if ckpt is not None:
         saved = load_training_state(ckpt)
@@ -527,13 +549,13 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
                 raise ZhgptError(f"loss became {loss_sum} at step {step}; training stopped. Last good checkpoint: "
                                  f"{good or 'none'}. Lower --lr (now {cfg.lr:g}), raise --warmup-steps, or use "
                                  "--dtype fp32/bf16 instead of fp16")
-            scaler.unscale_(optimizer)
+            optimizer.unscale_(scaler)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if hasattr(grad_norm, "full_tensor"):    # FSDP: a sharded DTensor
                 grad_norm = grad_norm.full_tensor()
-            scaler.step(optimizer)
+            optimizer.step(scaler)
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             step += 1
             state["step"] = step
             state["tokens_seen"] += tokens_per_step

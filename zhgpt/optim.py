@@ -1,0 +1,96 @@
+"""Optimizers for training: AdamW, or Muon for the matrices inside the blocks plus AdamW for the rest.
+
+Muon (Keller Jordan, 2024) orthogonalises the momentum of each weight matrix with a few Newton-Schulz
+iterations before the update; it gives the largest single gains in the public GPT-2 speedruns and, on
+2 CPU cores, the lowest bits/char per second of the recipes we tried (bench/RESULTS.md). It is only
+defined for 2-D matrices, so embeddings, biases, norms and an untied output layer stay on AdamW, as its
+authors advise. We use PyTorch's own `torch.optim.Muon` with ``adjust_lr_fn="match_rms_adamw"`` (Moonshot's
+scaling: the update's RMS matches AdamW's), so one `--lr` and `--weight-decay` serve both optimizers.
+
+Both are plain torch optimizers held in an `Optimizers` set; checkpoints save them together in
+torch.distributed.checkpoint's by-parameter-name format (it takes several optimizers), so a run's
+optimizer state loads with any process count.
+"""
+from __future__ import annotations
+
+import torch
+
+from zhgpt.errors import ZhgptError
+
+OPTIMIZERS = ("adamw", "muon", "adamw8bit")
+
+
+class Optimizers:
+    """One or more torch optimizers stepped as one (the loop sets lr on ``param_groups``)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]):
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.parts for g in o.param_groups]
+
+    def step(self, scaler: torch.amp.GradScaler) -> None:
+        for o in self.parts:
+            scaler.step(o)
+
+    def unscale_(self, scaler: torch.amp.GradScaler) -> None:
+        for o in self.parts:
+            scaler.unscale_(o)
+
+    def zero_grad(self) -> None:
+        for o in self.parts:
+            o.zero_grad(set_to_none=True)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, muon: bool) -> tuple[list[dict], list[dict]]:
+    """(Muon groups, AdamW groups). AdamW decays matrices only: biases, norms and embeddings are not decayed
+    (decaying the embeddings of rare Chinese characters pulls them to zero between their rare updates)."""
+    matrices, decay, no_decay, seen = [], [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))      # tied weights appear once
+        is_embedding = name.startswith(("transformer.wte", "transformer.wpe"))
+        if muon and p.dim() == 2 and name.startswith("transformer.h."):
+            matrices.append(p)
+        elif p.dim() >= 2 and not is_embedding:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    adam = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            if g["params"]]
+    return ([{"params": matrices, "weight_decay": weight_decay}] if matrices else []), adam
+
+
+def build_optimizers(model: torch.nn.Module, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
+                     device_type: str, sharded: bool = False, muon_momentum: float = 0.95) -> Optimizers:
+    if name not in OPTIMIZERS:
+        raise ZhgptError(f"--optimizer {name}: choose one of {', '.join(OPTIMIZERS)}")
+    if name == "muon" and sharded:
+        raise ZhgptError("--optimizer muon orthogonalises whole matrices, which FSDP shards across processes; "
+                         "train with DDP (drop --fsdp) or use --optimizer adamw")
+    muon_groups, adam_groups = param_groups(model, weight_decay, muon=name == "muon")
+    parts: list[torch.optim.Optimizer] = []
+    if muon_groups:
+        parts.append(torch.optim.Muon(muon_groups, lr=lr, momentum=muon_momentum, nesterov=True,
+                                      adjust_lr_fn="match_rms_adamw"))
+    adamw8bit = _bnb_adamw8bit() if name == "adamw8bit" and device_type == "cuda" else None
+    if name == "adamw8bit" and adamw8bit is None:
+        why = "needs a CUDA GPU" if device_type != "cuda" else "needs bitsandbytes (pip install bitsandbytes)"
+        print(f"zhgpt: note: --optimizer adamw8bit {why}; using AdamW with fp32 state", flush=True)
+    if adamw8bit is not None:
+        # m and v in 8 bits with block-wise scales: 2 bytes of state per parameter instead of 8
+        parts.append(adamw8bit(adam_groups, lr=lr, betas=betas))
+    else:
+        # fused AdamW: one kernel for all tensors on CUDA; on CPU it measured no faster (bench_train.py)
+        parts.append(torch.optim.AdamW(adam_groups, lr=lr, betas=betas, fused=device_type == "cuda"))
+    return Optimizers(parts)
+
+
+def _bnb_adamw8bit():
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return None
+    return bnb.optim.AdamW8bit
