@@ -1,4 +1,4 @@
-"""Normalise, filter, deduplicate and split documents.
+"""Normalise, filter, deduplicate (exactly, and optionally near-duplicates) and split documents.
 
 Everything here is a pure function of the document text (plus the options), so a dataset built
 twice -- on another machine, with files in another order, or with more files added -- puts every
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from zhgpt.config import opt
 from zhgpt.errors import ZhgptError
+from zhgpt.neardup import NearDupIndex
 
 # ---------------------------------------------------------------------------------------------
 # Normalisation table.
@@ -234,32 +235,56 @@ class CleanOptions:
     nfkc: bool = opt(True, "Unicode NFKC normalisation (full-width letters/digits -> half-width), "
                            "keeping Chinese punctuation")
     dedup: bool = opt(True, "drop exact duplicate documents (by hash of the cleaned text)")
+    near_dup: bool = opt(False, "also drop near-duplicate documents: MinHash + LSH on character n-grams, "
+                                "the first one seen is kept")
+    near_dup_threshold: float = opt(0.8, "--near-dup: estimated Jaccard similarity of two documents' "
+                                         "n-gram sets from which the later one is dropped")
+    near_dup_ngram: int = opt(5, "--near-dup: characters per n-gram (Chinese has no spaces; 5 characters "
+                                 "are about 3 words)")
 
     def __post_init__(self):
         if int(self.min_chars) < 0:
             raise ZhgptError(f"--min-chars {self.min_chars} must be 0 or more")
+        if not 0.0 < self.near_dup_threshold <= 1.0:
+            raise ZhgptError(f"--near-dup-threshold {self.near_dup_threshold} must be above 0 and at most 1 "
+                             "(e.g. 0.8)")
+        if int(self.near_dup_ngram) < 1:
+            raise ZhgptError(f"--near-dup-ngram {self.near_dup_ngram} must be at least 1 (e.g. 5)")
 
 
 class Cleaner:
-    """Stateful document filter: normalise, drop empty/short documents and exact duplicates.
+    """Stateful document filter: normalise, drop empty/short documents, exact duplicates and (with
+    ``near_dup``) near-duplicates of earlier kept documents.
 
     ``kept`` counts documents returned, ``dropped`` counts the others by reason ("empty",
-    "short", "duplicate"), ``duplicates`` is ``dropped["duplicate"]``.
+    "short", "duplicate", "near-duplicate"); ``duplicates`` and ``near_duplicates`` are the last two.
+    ``clean_many`` is the fast path for near-duplicates (their hashing is vectorised over the batch)
+    and gives the same results as ``clean`` on each text in turn.
     """
 
-    def __init__(self, opts: CleanOptions | None = None):
+    def __init__(self, opts: CleanOptions | None = None, near=None):
+        """``near``: the near-duplicate filter to use with ``near_dup`` (anything with ``add_many(texts)
+        -> list[bool]``, e.g. decisions recorded in an earlier pass); a new ``NearDupIndex`` if None."""
         self.opts = opts or CleanOptions()
         self.kept = 0
         self.dropped: Counter = Counter()
         self._seen = HashSet64()
+        self._near = None
+        if self.opts.near_dup:
+            self._near = near if near is not None else NearDupIndex(self.opts.near_dup_threshold,
+                                                                    self.opts.near_dup_ngram)
         self.last_hash: int | None = None   # doc_hash of the last kept document (saves re-hashing)
 
     @property
     def duplicates(self) -> int:
         return self.dropped["duplicate"]
 
-    def clean_hashed(self, text: str) -> tuple[str, int] | None:
-        """Like ``clean`` but also returns the cleaned text's ``doc_hash`` (for the split)."""
+    @property
+    def near_duplicates(self) -> int:
+        return self.dropped["near-duplicate"]
+
+    def _exact(self, text: str) -> tuple[str, int] | None:
+        """Normalise, filter by length, drop exact duplicates: (cleaned text, doc_hash) or None."""
         t = normalize(text, self.opts.nfkc)
         if not t:
             self.dropped["empty"] += 1
@@ -271,9 +296,27 @@ class Cleaner:
         if self.opts.dedup and not self._seen.add(h):
             self.dropped["duplicate"] += 1
             return None
-        self.kept += 1
-        self.last_hash = h
         return t, h
+
+    def clean_many(self, texts: list[str]) -> list[tuple[str, int] | None]:
+        """``clean_hashed`` of each text, in order (a near-duplicate of an earlier text in the same
+        batch is dropped as if the texts had come one by one)."""
+        out = [self._exact(t) for t in texts]
+        if self._near is not None:
+            todo = [i for i, r in enumerate(out) if r is not None]
+            for i, new in zip(todo, self._near.add_many([out[i][0] for i in todo])):
+                if not new:
+                    out[i] = None
+                    self.dropped["near-duplicate"] += 1
+        for r in out:
+            if r is not None:
+                self.kept += 1
+                self.last_hash = r[1]
+        return out
+
+    def clean_hashed(self, text: str) -> tuple[str, int] | None:
+        """Like ``clean`` but also returns the cleaned text's ``doc_hash`` (for the split)."""
+        return self.clean_many([text])[0]
 
     def clean(self, text: str) -> str | None:
         """The cleaned document, or None if it was dropped (reason counted in ``dropped``)."""
@@ -281,4 +324,7 @@ class Cleaner:
         return None if r is None else r[0]
 
     def summary(self) -> dict:
-        return {"kept": self.kept, "dropped": dict(self.dropped), "duplicates": self.duplicates}
+        s = {"kept": self.kept, "dropped": dict(self.dropped), "duplicates": self.duplicates}
+        if self.opts.near_dup:     # only then, so that the default summary is unchanged
+            s["near_duplicates"] = self.near_duplicates
+        return s
