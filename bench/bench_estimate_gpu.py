@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from zhgpt import estimate as E  # noqa: E402
 from zhgpt.model import GPT  # noqa: E402
+from zhgpt.optim import param_groups  # noqa: E402
 from zhgpt.presets import model_config  # noqa: E402
 
 GiB = 2 ** 30
@@ -37,7 +38,7 @@ def measure(preset: str, batch: int, dtype: torch.dtype, ckpt: bool) -> int | No
     try:
         model = GPT(cfg).cuda().train()
         model.grad_checkpointing = ckpt
-        opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-4, betas=(0.9, 0.95), fused=True)
+        opt = torch.optim.AdamW(param_groups(model, 0.1, muon=False)[1], lr=1e-4, betas=(0.9, 0.95), fused=True)
         x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), device="cuda")
         y = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), device="cuda")
         for i in range(2):

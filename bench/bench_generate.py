@@ -29,7 +29,7 @@ import common  # noqa: E402
 
 import torch  # noqa: E402
 
-from zhgpt.engine import Engine, SamplingParams, process_logits  # noqa: E402
+from zhgpt.engine import Engine, SamplingParams, sample_next  # noqa: E402
 from zhgpt.model import GPT, ModelConfig  # noqa: E402
 
 PROMPT_SHORT = "人工智能是"
@@ -193,12 +193,7 @@ def lean_generate_ids(engine: Engine, prompt_ids: list[int], p: SamplingParams):
             cache.reset()
             fresh = buf[:, pos - engine.block_size // 2:pos]
         logits = forward_last(model, fresh, cache)[:, -1, :].float()
-        if p.repetition_penalty != 1.0 or p.temperature != 0:
-            logits = process_logits(logits, buf[:, :pos] if p.repetition_penalty != 1.0 else None, p)
-        if p.temperature == 0:
-            nxt = logits.argmax(-1)
-        else:
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+        nxt = sample_next(logits, buf[:, :pos] if p.repetition_penalty != 1.0 else None, p, gen)
         if done is not None:
             nxt = torch.where(done, torch.full_like(nxt, engine.eot_id), nxt)
             done |= nxt == engine.eot_id

@@ -39,8 +39,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from zhgpt.model import GPT, ModelConfig  # noqa: E402
+from zhgpt.optim import build_optimizers, param_groups  # noqa: E402
 
-MODES = ("eager", "bf16", "compile", "compile-bf16")
+# bf16-muon: zhgpt only, what `zhgpt train` does by default on this CPU (bf16 autocast + Muon for the block
+# matrices); the AdamW modes are the like-for-like comparison with Hugging Face.
+MODES = ("eager", "bf16", "compile", "compile-bf16", "bf16-muon")
 CHAR_VOCAB = 4688      # distinct characters of People's Daily 1998-01 (shared/README.md)
 
 
@@ -102,10 +105,12 @@ def build_hf(zmodel: GPT):
     return hf
 
 
-def optimizer_for(model, fused: bool = False):
-    """zhgpt: train.py's groups; HF: the same rule (matrices decay; biases, norms, embeddings don't)."""
+def optimizer_for(model, fused: bool = False, muon: bool = False):
+    """zhgpt: train.py's optimizers; HF: the same rule (matrices decay; biases, norms, embeddings don't)."""
     if isinstance(model, GPT):
-        groups = model.optimizer_groups(0.1)
+        if muon:
+            return build_optimizers(model, "muon", 1e-3, 0.1, (0.9, 0.95), "cpu")
+        groups = param_groups(model, 0.1, muon=False)[1]
     else:
         decay, no = [], []
         for n, p in model.named_parameters():
@@ -116,9 +121,10 @@ def optimizer_for(model, fused: bool = False):
 
 def make_step(model, kind: str, mode: str, x, y, fused_adamw: bool = False, threads: int | None = None):
     """A closure doing one optimizer step exactly like zhgpt/train.py (grad_accum 1)."""
-    bf16 = mode.endswith("bf16")
+    bf16 = "bf16" in mode
     fwd = torch.compile(model) if mode.startswith("compile") else model
-    opt = optimizer_for(model, fused_adamw)
+    opt = optimizer_for(model, fused_adamw, muon=mode.endswith("muon"))
+    parts = getattr(opt, "parts", [opt])
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
 
@@ -136,8 +142,9 @@ def make_step(model, kind: str, mode: str, x, y, fused_adamw: bool = False, thre
             loss = loss_fn()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for o in parts:
+            o.step()
+            o.zero_grad(set_to_none=True)
         out = loss.item()        # train.py reads the loss every step
         if threads:
             torch.set_num_threads(prev)
@@ -304,6 +311,8 @@ def bench_shape(name: str, s: dict, modes: list[str], args) -> dict:
     variants, warm = {}, {}
     for mode in modes:
         for kind in ("zhgpt", "hf"):
+            if kind == "hf" and mode.endswith("muon"):
+                continue
             z = build_zhgpt(mf)
             model = z if kind == "zhgpt" else build_hf(z)
             step = make_step(model, kind, mode, x, y)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from zhgpt.engine import Engine, SamplingParams, process_logits
+from zhgpt.engine import Engine, SamplingParams, process_logits, sample_next
 from zhgpt.export import load_hf_folder, to_hf_state_dict, hf_config
 from zhgpt.model import GPT, ModelConfig
 from zhgpt.presets import count_params, model_config
@@ -93,6 +93,23 @@ def test_sampling_options_have_visible_effects():
     seen = torch.tensor([[int(logits.argmax())]])
     rp = process_logits(logits, seen, SamplingParams(temperature=0, repetition_penalty=100.0))
     assert rp.argmax() != logits.argmax()
+
+
+@pytest.mark.parametrize("k,top_p,temp", [(0, 1.0, 1.0), (20, 1.0, 0.7), (0, 0.6, 1.0), (30, 0.8, 1.3)])
+def test_fast_sampler_draws_from_the_same_distribution_as_process_logits(k, top_p, temp):
+    """sample_next (top-k/top-p on the candidates only) vs softmax(process_logits(...)) (whole vocabulary):
+    same support, and 20,000 draws match the probabilities within sampling error."""
+    torch.manual_seed(3)
+    logits = torch.randn(1, 200) * 2
+    p = SamplingParams(temperature=temp, top_k=k, top_p=top_p)
+    want = process_logits(logits, None, p).softmax(-1)[0]
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_next(logits.expand(20_000, -1).contiguous(), None, p, gen)
+    freq = torch.bincount(draws, minlength=200).float() / draws.numel()
+    assert set(draws.unique().tolist()) <= set(torch.nonzero(want).flatten().tolist())
+    assert (freq - want).abs().max() < 0.015
+    seen = torch.tensor([[int(logits.argmax())]])
+    assert sample_next(logits, seen, SamplingParams(temperature=0, repetition_penalty=100.0)) != logits.argmax()
 
 
 def test_top_k_1_sampling_equals_greedy():

@@ -70,6 +70,32 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingP
     return logits
 
 
+def sample_next(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingParams,
+                gen: torch.Generator | None = None) -> torch.Tensor:
+    """The next token of each row of (B, V) fp32 logits: the same distribution as ``process_logits``
+    followed by a softmax draw, but top-k/top-p work on the k candidates only (one ``topk`` instead of a
+    sort, softmax and scatter over the whole vocabulary: a third of the per-token time of a 4M model)."""
+    if p.repetition_penalty != 1.0 and seen is not None:
+        logits = process_logits(logits, seen, SamplingParams(temperature=0, top_k=0, top_p=1.0,
+                                                             repetition_penalty=p.repetition_penalty))
+    if p.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / p.temperature
+    V = logits.size(-1)
+    if not (0 < p.top_k < V) and p.top_p >= 1.0:
+        return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+    if 0 < p.top_k < V:
+        vals, idx = torch.topk(logits, p.top_k, dim=-1)          # sorted, largest first
+    else:
+        vals, idx = torch.sort(logits, descending=True, dim=-1)
+    if p.top_p < 1.0:
+        probs = vals.softmax(-1)
+        # Drop tokens once the mass *before* them already exceeds p; the top token always stays.
+        vals = vals.masked_fill(probs.cumsum(-1) - probs > p.top_p, float("-inf"))
+    choice = torch.multinomial(vals.softmax(-1), 1, generator=gen)
+    return idx.gather(1, choice).squeeze(1)
+
+
 @dataclass
 class Generation:
     """The result for one prompt: the text and token count of each returned sequence."""
@@ -139,17 +165,13 @@ class Engine:
                 cache.reset()
                 fresh = seq[:, -(self.block_size // 2):]
             if cache is None:
-                logits, _ = self.model(seq[:, -self.block_size:])
+                logits, _ = self.model(seq[:, -self.block_size:], last_only=True)
             else:
-                logits, _ = self.model(fresh, kv_cache=cache)
+                logits, _ = self.model(fresh, kv_cache=cache, last_only=True)
             logits = logits[:, -1, :].float()      # (n, V)
             if i < p.min_new_tokens:
                 logits[:, self.eot_id] = float("-inf")
-            logits = process_logits(logits, seq if p.repetition_penalty != 1.0 else None, p)
-            if p.temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+            nxt = sample_next(logits, seq if p.repetition_penalty != 1.0 else None, p, gen)
             nxt = torch.where(done, torch.full_like(nxt, self.eot_id), nxt)
             if p.stop_at_eot:
                 done |= nxt == self.eot_id

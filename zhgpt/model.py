@@ -267,11 +267,14 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, reduction: str = "mean"):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, reduction: str = "mean",
+                last_only: bool = False):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         With ``targets`` the loss is cross-entropy (ignore_index -1) with the given reduction.
         With a ``kv_cache`` the new tokens continue the cached sequence at position ``kv_cache.pos``.
+        ``last_only`` (decoding): logits of the last position only, (B, 1, V) -- a prompt's prefill would
+        otherwise run the output layer, often the largest matmul, on every prompt position.
         """
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
@@ -293,6 +296,8 @@ class GPT(nn.Module):
                 x = block(x, rope, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
+        if last_only and targets is None:
+            x = x[:, -1:]
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x), None
