@@ -174,3 +174,25 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert torch.equal(la, lb)
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(pa.grad, pb.grad, atol=1e-6), n
+
+
+def test_fused_loss_hook_matches_the_standard_loss_and_liger_falls_back_on_cpu(capsys):
+    """The hook --liger fills on CUDA gets (weight, hidden, targets); any correct fused loss gives the same
+    loss and gradients as the standard path. On CPU --liger only prints a note."""
+    import torch.nn.functional as F
+    from zhgpt.train import liger_fused_loss
+    torch.manual_seed(0)
+    a, b = GPT(tiny()), GPT(tiny())
+    b.load_state_dict(a.state_dict())
+    b.fused_loss = lambda w, h, t: F.cross_entropy((h @ w.t()).float(), t, ignore_index=-1)
+    x = torch.randint(0, 320, (2, 16))
+    y = torch.randint(0, 320, (2, 16))
+    y[0, :3] = -1
+    la, lb = a(x, y)[1], b(x, y)[1]
+    la.backward()
+    lb.backward()
+    assert la.item() == pytest.approx(lb.item(), rel=1e-6)
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6), n
+    assert liger_fused_loss("cpu", quiet=False) is None
+    assert "--liger needs a CUDA GPU" in capsys.readouterr().out

@@ -230,6 +230,9 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.grad_checkpointing = False
+        # Optional fused output layer + loss for training, fused(weight, x (N, C), targets (N,)) -> mean loss,
+        # e.g. Liger's FusedLinearCrossEntropy on CUDA (train.py --liger): it never holds the (N, V) logits.
+        self.fused_loss = None
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
             drop=nn.Dropout(cfg.dropout),
@@ -301,6 +304,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x), None
+        if self.fused_loss is not None and self.training and reduction == "mean":
+            return None, self.fused_loss(self.lm_head.weight, x.reshape(-1, x.size(-1)), targets.reshape(-1))
         logits = self.lm_head(x)                                             # (B, T, V)
         # The loss in fp32 even under autocast: log-softmax over 30k classes in bf16 is too coarse.
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),

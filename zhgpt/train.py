@@ -93,6 +93,8 @@ class TrainConfig:
                      choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the model (faster steps after a compile of ~1 minute)")
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    liger: bool = opt(False, "CUDA + liger-kernel: fused output layer and cross-entropy that never holds the "
+                             "(tokens x vocab) logits (less memory, larger batches); ignored with a note elsewhere")
     fsdp: bool = opt(False, "under torchrun: shard the model with FSDP instead of DDP")
 
     def __post_init__(self):
@@ -149,6 +151,23 @@ def cpu_has_native_bf16() -> bool:
         return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
     except (AttributeError, RuntimeError):
         return False
+
+
+def liger_fused_loss(dev_type: str, quiet: bool):
+    """Liger's fused linear + cross-entropy (Triton, CUDA only), or None with a note why not."""
+    why = None
+    if dev_type != "cuda":
+        why = "needs a CUDA GPU"
+    else:
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        except ImportError:
+            why = "needs liger-kernel (pip install liger-kernel)"
+    if why:
+        if not quiet:
+            print(f"zhgpt: note: --liger {why}; using the standard output layer and cross-entropy", flush=True)
+        return None
+    return LigerFusedLinearCrossEntropyLoss(ignore_index=-1)
 
 
 def hardware_info(device: str) -> dict:
@@ -373,6 +392,8 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
         model.load_state_dict(init_model.state_dict())
         del init_model
     model.grad_checkpointing = cfg.grad_checkpointing
+    if cfg.liger:
+        model.fused_loss = liger_fused_loss(dev_type, quiet)
     if ckpt is not None:
         load_weights(model, ckpt / "model.safetensors")
     model.to(device)
