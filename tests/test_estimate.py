@@ -66,6 +66,22 @@ def _saved_bytes(cfg, B, T, mixed, math_attn=False):
     return sum(acts.values()), sum(copies.values())
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_optimizer_state_bytes_match_the_real_optimizer(arch, name):
+    """The optimizer term against the state tensors zhgpt's optimizers really hold after a step."""
+    from zhgpt.optim import build_optimizers
+    cfg = _cfg(arch, **({"tie_embeddings": False} if arch == "llama" else {}))
+    model = GPT(cfg)
+    opt = build_optimizers(model, name, 1e-3, 0.1, (0.9, 0.95), "cpu")
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step(torch.amp.GradScaler(enabled=False))
+    real = sum(t.numel() * t.element_size() for o in opt.parts for st in o.state.values()
+               for t in st.values() if torch.is_tensor(t) and t.dim() > 0)
+    assert E.optimizer_bytes(cfg, name) == real
+
+
 @pytest.mark.parametrize("arch,mixed,extra,attention", [
     ("gpt2", False, {}, "flash"), ("gpt2", True, {}, "flash"),
     ("llama", False, {}, "flash"), ("llama", True, {}, "flash"),

@@ -42,7 +42,7 @@ from zhgpt.presets import PRESETS, count_params, format_params, get_preset
 
 GiB = 1024 ** 3
 PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "adamw8bit")
+OPTIMIZERS = ("adamw", "adamw8bit", "muon")
 ATTENTIONS = ("flash", "math")
 # Share of --memory we plan to fill: the rest is for the CUDA context (~0.3-0.6 GiB), cuBLAS
 # workspaces and caching-allocator fragmentation, which max_memory_allocated() does not see.
@@ -65,7 +65,8 @@ class EstimateConfig:
     seq_len: int | None = opt(None, "tokens per sequence (default: block_size)")
     precision: str = opt("bf16", "fp32, or bf16/fp16 autocast mixed precision with fp32 master weights",
                          choices=PRECISIONS)
-    optimizer: str = opt("adamw", "adamw (fp32 m and v) or adamw8bit (bitsandbytes, 1 byte each)",
+    optimizer: str = opt("adamw", "adamw (fp32 m and v), adamw8bit (bitsandbytes, 1 byte each) or muon "
+                                  "(one fp32 momentum for the block matrices, AdamW for the rest)",
                          choices=OPTIMIZERS)
     grad_checkpointing: bool = opt(False, "recompute each block's activations in backward")
     attention: str = opt("flash", "attention kernel: flash (no T x T matrix saved) or math (saves it)",
@@ -242,6 +243,16 @@ def matmul_weights(cfg: ModelConfig) -> int:
     return cfg.n_layer * (C * qkv_out + C * C + C * fc_out + F * C) + cfg.vocab_size * C
 
 
+def optimizer_bytes(cfg: ModelConfig, optimizer: str) -> int:
+    """Optimizer state: AdamW m and v (fp32, or 8-bit with bitsandbytes); Muon keeps one fp32 momentum
+    for the matrices inside the blocks and AdamW's two moments for everything else (zhgpt/optim.py)."""
+    n = count_params(cfg)
+    if optimizer == "muon":
+        block_matrices = matmul_weights(cfg) - cfg.vocab_size * cfg.n_embd
+        return 4 * block_matrices + 8 * (n - block_matrices)
+    return (8 if optimizer == "adamw" else 2) * n
+
+
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Training FLOPs per token, as GPT.flops_per_token but for the sequence length actually used."""
     return 6 * matmul_params(cfg) + 12 * cfg.n_layer * cfg.n_embd * seq_len
@@ -259,7 +270,7 @@ def estimate(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, *, p
     n = count_params(cfg)
     weights = 4 * n + (2 * matmul_weights(cfg) if mixed else 0)
     grads = 4 * n
-    opt_bytes = (8 if optimizer == "adamw" else 2) * n
+    opt_bytes = optimizer_bytes(cfg, optimizer)
     act, logits = activation_bytes(cfg, batch_size, seq_len, mixed, attention, False)
     act_ckpt, _ = activation_bytes(cfg, batch_size, seq_len, mixed, attention, True)
     tps = tokens_per_step or batch_size * seq_len
@@ -309,8 +320,9 @@ def fmt_time(s: float) -> str:
 def format_estimate(e: Estimate, cfg: EstimateConfig, memory: int | None) -> str:
     m = e.model
     prec = "fp32" if cfg.precision == "fp32" else f"{cfg.precision} autocast, fp32 master weights"
-    opt_desc = "AdamW, fp32 m and v (8 B/param)" if cfg.optimizer == "adamw" else \
-        "8-bit AdamW, 1 byte each for m and v (2 B/param)"
+    opt_desc = {"adamw": "AdamW, fp32 m and v (8 B/param)",
+                "adamw8bit": "8-bit AdamW, 1 byte each for m and v (2 B/param)",
+                "muon": "Muon momentum 4 B/param on block matrices, AdamW 8 B/param on the rest"}[cfg.optimizer]
     emb = m.vocab_size * m.n_embd + (m.block_size * m.n_embd if m.arch == "gpt2" else 0)
     w_desc = "fp32 (4 B/param)" if cfg.precision == "fp32" else \
         f"fp32 master 4 B/param + {cfg.precision} matmul copies 2 B/param"
