@@ -311,7 +311,11 @@ def main(cfg: TrainConfig, model_overrides: dict | None = None, explicit: dict |
         cfg = dataclasses.replace(cfg, preset=preset)
     dist = Dist(device, fsdp=cfg.fsdp)
     try:
-        return _run(cfg, model_fields, preset, dist, tokenizer_asked=explicit is None or "tokenizer" in explicit)
+        run_dir = _run(cfg, model_fields, preset, dist, tokenizer_asked=explicit is None or "tokenizer" in explicit)
+        # Leave together: a rank that tore gloo down while rank 0 was still writing the end of the run
+        # aborted now and then ("terminate called without an active exception", 1 run in ~10 under torchrun).
+        dist.barrier()
+        return run_dir
     finally:
         dist.close()
 
