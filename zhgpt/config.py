@@ -44,7 +44,9 @@ def add_args(parser: argparse.ArgumentParser, cls, *, skip=(), defaults_none=Fal
     (used for override flags such as model fields on top of a preset)."""
     target = parser.add_argument_group(group) if group else parser
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    own = set(cls.__dict__.get("__annotations__", {}))
+    # A config's own fields first, then those it inherits (e.g. DataConfig's read and clean options).
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         if f.name in skip or not f.metadata.get("cli", True):
             continue
         tp, _ = _base_type(hints[f.name])
@@ -87,6 +89,11 @@ def from_args(cls, ns: argparse.Namespace, **extra):
             kw[f.name] = getattr(ns, f.name)
     kw.update(extra)
     return cls(**kw)
+
+
+def narrow(cfg, cls):
+    """The ``cls`` part of a config that inherits from dataclass ``cls``, as a plain ``cls``."""
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
 
 
 def overrides_from_args(cls, ns: argparse.Namespace) -> dict:

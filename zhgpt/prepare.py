@@ -42,7 +42,7 @@ import numpy as np
 
 from zhgpt import shards
 from zhgpt.clean import Cleaner, CleanOptions, repeats, val_threshold
-from zhgpt.config import add_args, format_config, from_args, opt
+from zhgpt.config import add_args, format_config, from_args, narrow, opt
 from zhgpt.errors import ZhgptError
 from zhgpt.neardup import NearDupIndex
 from zhgpt.sources import ReadOptions, ReadStats, expand_sources, iter_documents
@@ -73,8 +73,10 @@ _NEAR_DUP_KEY_FIELDS = ("near_dup", "near_dup_threshold", "near_dup_ngram")
 CLEAN_BATCH_CHARS = 256_000
 
 
-@dataclass
-class DataConfig:
+@dataclass(kw_only=True)
+class DataConfig(ReadOptions, CleanOptions):
+    """`zhgpt data prepare` settings: its own fields below plus how to read (ReadOptions) and clean
+    (CleanOptions) the documents, whose fields and checks are inherited, not repeated."""
     sources: list[str] = opt(help="text sources: files, folders, globs, builtin, builtin:people-daily, "
                                   "builtin:reviews; PATH@WEIGHT repeats a source (wiki.jsonl@2, crawl/@0.5)",
                              positional=True)
@@ -92,26 +94,6 @@ class DataConfig:
                                      "than half the corpus)")
     val_source: str | None = opt(None, "a source used as the whole validation split instead (e.g. a fixed "
                                        "benchmark text); the sources then all go to train")
-    min_chars: int = opt(10, "drop documents shorter than this many characters after cleaning")
-    nfkc: bool = opt(True, "Unicode NFKC normalisation (full-width letters/digits -> half-width), "
-                           "keeping Chinese punctuation")
-    dedup: bool = opt(True, "drop exact duplicate documents")
-    near_dup: bool = opt(False, "also drop near-duplicate documents (MinHash + LSH on character n-grams; "
-                                "the first one seen is kept; adds ~0.5 s per 3 M characters)")
-    near_dup_threshold: float = opt(0.8, "--near-dup: estimated Jaccard similarity of two documents' n-gram "
-                                         "sets from which the later one is dropped")
-    near_dup_ngram: int = opt(5, "--near-dup: characters per n-gram (Chinese has no spaces; 5 characters are "
-                                 "about 3 words)")
-    encoding: str = opt("auto", "text encoding: auto = detect per file, or a Python codec for all files "
-                                "(utf-8, gb18030, big5, utf-16, ...)")
-    errors: str = opt("strict", "undecodable bytes: strict = stop with an error, replace = go on with "
-                                "U+FFFD and count them", choices=["strict", "replace"])
-    doc_sep: str = opt("line", "text files: line = one document per line, blank = documents separated "
-                               "by blank lines", choices=["line", "blank"])
-    field: str = opt("text", "JSON/JSONL/CSV/parquet field holding the text (a.b = nested JSON field)")
-    skip_bad_lines: bool = opt(False, "skip (and count) broken JSONL/CSV lines instead of stopping")
-    t2s: bool = opt(False, "convert Traditional to Simplified Chinese (OpenCC t2s)")
-    max_doc_chars: int = opt(1_000_000, "cut longer documents into pieces of at most this many characters")
     workers: int = opt(0, "tokenizer threads (0 = all cores)")
     shard_tokens: int = opt(shards.DEFAULT_SHARD_TOKENS, "tokens per shard file")
     force: bool = opt(False, "rebuild even if the folder is up to date")
@@ -144,16 +126,14 @@ class DataConfig:
             if getattr(self, name) < 1:
                 raise ZhgptError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         self.val_source = self.val_source or None
-        self.read_options()     # validates encoding, errors, doc_sep, field, max_doc_chars
-        self.clean_options()
+        ReadOptions.__post_init__(self)     # validates encoding, errors, doc_sep, field, max_doc_chars
+        CleanOptions.__post_init__(self)
 
     def read_options(self) -> ReadOptions:
-        return ReadOptions(encoding=self.encoding, errors=self.errors, doc_sep=self.doc_sep, field=self.field,
-                           skip_bad_lines=self.skip_bad_lines, t2s=self.t2s, max_doc_chars=self.max_doc_chars)
+        return narrow(self, ReadOptions)
 
     def clean_options(self) -> CleanOptions:
-        return CleanOptions(min_chars=self.min_chars, nfkc=self.nfkc, dedup=self.dedup, near_dup=self.near_dup,
-                            near_dup_threshold=self.near_dup_threshold, near_dup_ngram=self.near_dup_ngram)
+        return narrow(self, CleanOptions)
 
     @property
     def trains_tokenizer(self) -> bool:
