@@ -47,13 +47,17 @@ class SamplingParams:
             raise ZhgptError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
 
 
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL / Hugging Face rule: shrink positive logits, grow negative ones, of every token already present."""
+    picked = logits.gather(1, seen)
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits.scatter(1, seen, picked)
+
+
 def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingParams) -> torch.Tensor:
     """Apply repetition penalty, temperature, top-k and top-p to (B, V) fp32 logits."""
     if p.repetition_penalty != 1.0 and seen is not None:
-        # CTRL / Hugging Face rule: shrink positive logits, grow negative ones, of every token already present.
-        picked = logits.gather(1, seen)
-        picked = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
-        logits = logits.scatter(1, seen, picked)
+        logits = penalize_repeats(logits, seen, p.repetition_penalty)
     if p.temperature == 0:
         return logits
     logits = logits / p.temperature
@@ -76,8 +80,7 @@ def sample_next(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingPara
     followed by a softmax draw, but top-k/top-p work on the k candidates only (one ``topk`` instead of a
     sort, softmax and scatter over the whole vocabulary: a third of the per-token time of a 4M model)."""
     if p.repetition_penalty != 1.0 and seen is not None:
-        logits = process_logits(logits, seen, SamplingParams(temperature=0, top_k=0, top_p=1.0,
-                                                             repetition_penalty=p.repetition_penalty))
+        logits = penalize_repeats(logits, seen, p.repetition_penalty)
     if p.temperature == 0:
         return logits.argmax(-1)
     logits = logits / p.temperature
