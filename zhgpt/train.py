@@ -139,8 +139,9 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        # CPUs with native bf16 dot products run the step 1.6x faster under bf16 autocast and reached a lower
-        # bits/char in the same time (bench/RESULTS.md); elsewhere bf16 is emulated and slower than fp32.
+        # CPUs with native bf16 dot products ran the step 1.3-1.4x faster under bf16 autocast (2-core EPYC,
+        # 2026-11-25) and reached a lower bits/char in the same time (bench/RESULTS.md); elsewhere bf16 is
+        # emulated and slower than fp32.
         return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else torch.float32
     return DTYPES[name]
 
