@@ -5,10 +5,12 @@ import os
 import random
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
 
+from zhgpt import clean as clean_mod
 from zhgpt.clean import (CleanOptions, Cleaner, HashSet64, doc_hash, is_val, normalize, repeats,
                          val_threshold)
 from zhgpt.errors import ZhgptError
@@ -63,6 +65,44 @@ def test_placeholder_collision_slow_path():
     s = "私用区\U0010FF00字符，还有！"
     assert normalize(s) == s
     assert normalize("\U0010FF01１，") == "\U0010FF011，"
+
+
+def _nfkc_reference(text: str) -> str:
+    """The definition: NFKC of each stretch between kept punctuation, compatibility forms of the
+    kept punctuation mapped to their Chinese form."""
+    parts = clean_mod._KEEP_SPLIT.split(text)
+    return "".join(clean_mod._TO_CHINESE.get(p, p) if i % 2 else unicodedata.normalize("NFKC", p)
+                   for i, p in enumerate(parts))
+
+
+@pytest.mark.parametrize("text", [
+    "e\u0301 a\u0308 ｅ\u0301",               # composition with the character before a run
+    "，\u0301！\u0308",                       # a combining mark after kept punctuation stays loose
+    "\u1100\u1161\u11a8 \uac00\u11a8",         # Hangul jamo compose into 각 (L+V+T and LV+T)
+    "か\u3099ｶﾞ",                             # kana voicing marks, half-width katakana
+    "１\u0301２",                              # a combining mark inside a full-width run
+    "a\u0327\u0301\u0323",                     # canonical reordering of several marks
+    "😀１２，\U0001d400ｘ",                    # astral characters: the whole-text path
+])
+def test_nfkc_runs_match_the_definition(text):
+    assert clean_mod._nfkc_keep_chinese(text) == _nfkc_reference(text)
+
+
+def test_nfkc_runs_match_the_definition_random():
+    """Only the runs NFKC can change are normalised (clean._unstable_bmp); random strings of the
+    characters where that could go wrong -- combining marks, the second halves of canonical pairs,
+    their starters, compatibility forms, kept punctuation, astral letters -- agree with NFKC of
+    the whole text."""
+    rng = random.Random(7)
+    marks = [chr(c) for c in range(0x300, 0x370)] + ["\u3099", "\u309a", "\u0b3e", "\u0cd5", "\u0dcf"]
+    jamo = ["\u1100", "\u1112", "\u1161", "\u1175", "\u11a8", "\u11c2", "\uac00", "\ud7a3"]
+    starters = list("aeiouAEIOUcnsz가かカうｳ中") + ["\u0b47", "\u0cc6", "\u0dd9"]
+    compat = [chr(c) for c in range(0xFF01, 0xFF5F, 3)] + list("ｶﾞﾟ①℃ﬁ⼈\uf900\u3000\u00a0")
+    pool = (marks + jamo + starters * 3 + compat + list(clean_mod._KEEP) * 2 + list(clean_mod._TO_CHINESE)
+            + ["😀", "\U0001d400", "\U0002f800"])
+    for _ in range(20_000):
+        s = "".join(rng.choice(pool) for _ in range(rng.randint(1, 8)))
+        assert clean_mod._nfkc_keep_chinese(s) == _nfkc_reference(s), [hex(ord(c)) for c in s]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -359,6 +359,8 @@ def test_strip_pos_tags():
     assert strip_pos_tags("迈向/v  充满/v  希望/n") == "迈向充满希望"
     assert strip_pos_tags("http://a.cn/b/n  １/m  张/q") == "http://a.cn/b１张"
     assert strip_pos_tags("无标签  一/m") == "无标签一"
+    # only ASCII spaces and tabs separate tokens: U+3000 inside a word stays (the non-printable path)
+    assert strip_pos_tags(" 中\u3000国/ns\t人民/n  ") == "中\u3000国人民"
 
 
 @pytest.mark.skipif(not (SHARED_PD / "train.txt").exists(), reason="needs ../shared/data/pd1998")

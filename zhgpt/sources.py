@@ -803,7 +803,10 @@ def strip_pos_tags(line: str) -> str:
     Only the last ``/TAG`` of a token is removed, so a word that itself contains "/" (a URL, a
     fraction) survives; tokens are split on ASCII spaces only, never on U+3000 inside a word.
     """
-    return "".join(tok.rpartition("/")[0] if "/" in tok else tok for tok in _SPACES.split(line) if tok)
+    # str.split() is C-fast but also splits on U+3000 and other Unicode spaces, which are all
+    # non-printable: a printable line's only whitespace is the ASCII space.
+    toks = line.split() if line.isprintable() else [t for t in _SPACES.split(line) if t]
+    return "".join([tok.rpartition("/")[0] if "/" in tok else tok for tok in toks])
 
 
 def _people_daily_docs(r: _Reader) -> Iterator[tuple[int, str]]:
