@@ -473,13 +473,17 @@ def _split(cfg: DataConfig, doc: _Tokenized, stream: shards.ShardWriter, thresho
     ends = np.cumsum(ntok)
     starts = ends - ntok
     path = tmp / stream.shards[0]["file"] if stream.shards else None
-    data = np.memmap(path, dtype=dtype, mode="r") if path is not None and stream.tokens else np.zeros(0, dtype)
+    # Plain reads, not a memmap: the pages of a mapped file count as this process's memory until it is
+    # unmapped, so a memmap of a 10 GB corpus's stream would show as GBs of resident memory.
+    data = open(path, "rb") if path is not None else None
+    itemsize = np.dtype(dtype).itemsize
     try:
         i, n = 0, len(ntok)
         while i < n:
             # documents [i, j): about SPLIT_CHUNK_TOKENS tokens (at least one document)
             j = max(int(np.searchsorted(ends, starts[i] + SPLIT_CHUNK_TOKENS, side="right")), i + 1)
-            toks = np.asarray(data[starts[i]:ends[j - 1]])
+            data.seek(int(starts[i]) * itemsize)
+            toks = np.fromfile(data, dtype=dtype, count=int(ends[j - 1] - starts[i]))
             v, r, nt = is_val[i:j], reps[i:j], ntok[i:j]
             if v.any():
                 val.write(toks[np.repeat(v, nt)], n_chars=int(chars[i:j][v].sum()), n_docs=int(v.sum()))
@@ -492,7 +496,8 @@ def _split(cfg: DataConfig, doc: _Tokenized, stream: shards.ShardWriter, thresho
     finally:
         train.close()
         val.close()
-        del data
+        if data is not None:
+            data.close()
     if path is not None:
         path.unlink()
     return train, val
