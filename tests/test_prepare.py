@@ -201,6 +201,24 @@ def test_given_tokenizer_is_copied_byte_for_byte(char_ds, tmp_path):
     assert json.loads((out2 / "meta.json").read_text())["tokenizer_hash"] == meta["tokenizer_hash"]
 
 
+def test_gc_is_left_as_found(char_ds, tmp_path):
+    """prepare freezes the objects alive before it (so full collections skip them) and unfreezes
+    them after; a caller's own frozen objects stay frozen."""
+    import gc
+    src = write_lines(tmp_path / "a.txt", pd_lines("val", 50))
+    assert gc.get_freeze_count() == 0
+    main(DataConfig(sources=[str(src)], out=str(tmp_path / "ds"), tokenizer=str(char_ds), quiet=True))
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        main(DataConfig(sources=[str(src)], out=str(tmp_path / "ds"), tokenizer=str(char_ds), quiet=True,
+                        force=True))
+        assert gc.get_freeze_count() == mine
+    finally:
+        gc.unfreeze()
+
+
 def _big_vocab_tokenizer(d):
     """A char-style tokenizer of 70,000 tokens whose CJK Extension B characters get ids > 65,535."""
     from tokenizers import Tokenizer, decoders, models

@@ -617,8 +617,11 @@ def main(cfg: DataConfig) -> Path:
     old_env = _set_threads(cfg.workers)
     # The passes allocate millions of short-lived containers, and each full collection walks every
     # object already alive -- ~200k of them once torch is imported (as under `zhgpt train`), which
-    # cost ~0.1 s per pass. Frozen objects are skipped; cycles made here are still collected.
-    gc.freeze()
+    # cost ~0.1 s per pass. Frozen objects are skipped; cycles made here are still collected. (Not
+    # when the caller has frozen objects itself: unfreeze() would release theirs too.)
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
     try:
         timing = {}
         # ---- tokenizer
@@ -685,7 +688,8 @@ def main(cfg: DataConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
         _restore_env(old_env)
     _say(cfg, format_summary(summary, out))
     return out
