@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from zhgpt.config import opt
 from zhgpt.errors import ZhgptError
-from zhgpt.neardup import NearDupIndex
+from zhgpt.neardup import NearDupIndex, mix64
 
 # ---------------------------------------------------------------------------------------------
 # Normalisation table.
@@ -50,7 +50,7 @@ _TO_CHINESE = {   # compatibility variants -> the Chinese form kept above
 # Placeholders from Supplementary Private Use Area-B (plane 16): NFKC leaves them alone and real
 # text essentially never contains them (checked; the slow path handles it if it does).
 _PLACEHOLDER = {c: chr(0x10FF00 + i) for i, c in enumerate(_KEEP)}
-_PROTECT = [(k, _PLACEHOLDER[v]) for k, v in _TO_CHINESE.items()] + list(_PLACEHOLDER.items())
+_PROTECT = list(_PLACEHOLDER.items())   # (the compatibility forms are already replaced by then)
 _RESTORE = [(p, c) for c, p in _PLACEHOLDER.items()]
 _HAS_PLACEHOLDER = re.compile("[\U0010FF00-\U0010FF7F]")
 _KEEP_SPLIT = re.compile(f"([{re.escape(_KEEP + ''.join(_TO_CHINESE))}])")
@@ -83,20 +83,20 @@ def _unstable_bmp() -> re.Pattern:
             cps.update(int(x, 16) for x in d.split()[1:])
     cps.update(range(0x1161, 0x1176), range(0x11A8, 0x11C3))   # Hangul V and T jamo (algorithmic)
     cps -= {ord(c) for c in _KEEP}
-    return re.compile("[" + "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}"
-                                    for a, b in _ranges(sorted(cps))) + "]+")
+    return _runs_of(sorted(cps))
 
 
-def _ranges(cps: list[int]) -> list[tuple[int, int]]:
-    """Sorted code points as (first, last) runs of consecutive values."""
-    out, start, prev = [], cps[0], cps[0]
+def _runs_of(cps: list[int]) -> re.Pattern:
+    """A pattern matching runs of the given (sorted) code points, as a class of ranges."""
+    ranges, start, prev = [], cps[0], cps[0]
     for c in cps[1:]:
         if c != prev + 1:
-            out.append((start, prev))
+            ranges.append((start, prev))
             start = c
         prev = c
-    out.append((start, prev))
-    return out
+    ranges.append((start, prev))
+    esc = lambda c: f"\\U{c:08x}"   # noqa: E731
+    return re.compile("[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]+")
 
 
 # Line breaks in all their spellings -> "\n" (Python's str.splitlines list, minus \n itself).
@@ -112,9 +112,7 @@ def _control_class() -> re.Pattern:
     """
     cps = [c for r in (range(0, 0x20000), range(0xE0000, 0xE1000)) for c in r
            if c not in (9, 10) and unicodedata.category(chr(c)) in ("Cc", "Cf", "Cs")]
-    ranges = _ranges(cps)
-    esc = lambda c: f"\\U{c:08x}"   # noqa: E731
-    return re.compile("[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]+")
+    return _runs_of(cps)
 
 
 _CONTROL = _control_class()
@@ -212,10 +210,7 @@ def is_val(h: int, threshold: int) -> bool:
 
 def _mix64(h: int) -> int:
     """splitmix64 finaliser: an independent-looking 64-bit value from the same hash."""
-    z = (h + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
+    return mix64((h + 0x9E3779B97F4A7C15) & _MASK64)
 
 
 def repeats(h: int, weight: float) -> int:

@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from zhgpt.config import add_args, format_config, from_args, opt, parse_size, text_table
 from zhgpt.errors import ZhgptError
 from zhgpt.model import ModelConfig
+from zhgpt.optim import OPTIMIZERS
 from zhgpt.presets import PRESETS, count_params, format_params, get_preset
 
 GiB = 1024 ** 3
 PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "adamw8bit", "muon")
 ATTENTIONS = ("flash", "math")
 # Share of --memory we plan to fill: the rest is for the CUDA context (~0.3-0.6 GiB), cuBLAS
 # workspaces and caching-allocator fragmentation, which max_memory_allocated() does not see.

@@ -38,14 +38,21 @@ _POLY = np.uint64(0x9E3779B97F4A7C15)    # odd multiplier of the n-gram polynomi
 _PAD = "\0"               # pads a text shorter than n to one n-gram; the cleaner removes all NULs
 
 
+def mix64(z: int) -> int:
+    """splitmix64's finaliser: an independent-looking 64-bit value of a 64-bit int, the same on every
+    machine. The one copy for zhgpt (clean's source-weight repeats and prepare's tokenizer sample use
+    it too); it lives here because clean imports this module."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
 def _splitmix64_stream(seed: int, n: int) -> np.ndarray:
     """``n`` outputs of splitmix64: fixed constants for every machine and numpy version."""
     out, state = [], seed
     for _ in range(n):
         state = (state + 0x9E3779B97F4A7C15) & _MASK64
-        z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        out.append(z ^ (z >> 31))
+        out.append(mix64(state))
     return np.array(out, dtype=np.uint64)
 
 

@@ -45,7 +45,7 @@ from zhgpt import shards
 from zhgpt.clean import Cleaner, CleanOptions, repeats, val_threshold
 from zhgpt.config import add_args, format_config, from_args, narrow, opt
 from zhgpt.errors import ZhgptError
-from zhgpt.neardup import NearDupIndex
+from zhgpt.neardup import NearDupIndex, mix64
 from zhgpt.sources import ReadOptions, ReadStats, expand_sources, iter_documents
 from zhgpt.tokenizer import (KINDS, default_sample_chars, default_vocab_size, eot_id, load_tokenizer,
                              save_tokenizer, tokenizer_hash, tokenizer_kind, train_tokenizer)
@@ -333,10 +333,7 @@ def choose_val_threshold(hashes: np.ndarray, chars: np.ndarray, cfg: DataConfig)
 def _sample_key(h: int) -> int:
     """A second, independent-looking 64-bit value of the hash (splitmix64 of h ^ constant): the
     sample must not prefer low hashes, which are the validation documents."""
-    z = (h ^ 0x5851F42D4C957F2D) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
+    return mix64((h ^ 0x5851F42D4C957F2D) & _MASK64)
 
 
 def _sample_pass(cfg: DataConfig, files, val_files, sample_chars: int, near=None) -> tuple[list[str], int]:

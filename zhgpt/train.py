@@ -29,7 +29,7 @@ from zhgpt.config import (add_args, format_config, load_json, opt, overrides_fro
 from zhgpt.errors import ZhgptError
 from zhgpt.distributed import Dist
 from zhgpt.model import GPT, ModelConfig
-from zhgpt.optim import build_optimizers
+from zhgpt.optim import OPTIMIZERS, build_optimizers
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -64,7 +64,7 @@ class TrainConfig:
     optimizer: str = opt("adamw", "adamw; muon: Muon for the matrices inside the blocks (same --lr and "
                                   "--weight-decay, its update scaled to AdamW's RMS) and AdamW for the rest; "
                                   "adamw8bit: bitsandbytes 8-bit AdamW state (CUDA only, else AdamW)",
-                         choices=("adamw", "muon", "adamw8bit"))
+                         choices=OPTIMIZERS)
     weight_decay: float = opt(0.1, "decoupled weight decay on matrices (not on biases, norms, embeddings)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.95, "AdamW beta2 (0.95 rather than 0.999: steadier with large learning rates)")
