@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -71,29 +70,20 @@ def throughput(args, docs: list[str]) -> str:
     mb = sum(len(x.encode("utf-8")) for x in docs) / 1e6
     out = common.OUT / "data-bench"
     cfg = DataConfig(sources=["builtin"], out=str(out), tokenizer=str(tok_dir), force=True, quiet=True)
-    cpu: dict[str, list[float]] = {}
-
-    def timed(name, fn):
-        """Also record the process CPU time (all threads) of each call: unlike wall time it hardly
-        depends on what else runs on the host, so MB per CPU-second compares runs across loads."""
-        def run():
-            a = resource.getrusage(resource.RUSAGE_SELF)
-            fn()
-            b = resource.getrusage(resource.RUSAGE_SELF)
-            cpu.setdefault(name, []).append(b.ru_utime - a.ru_utime + b.ru_stime - a.ru_stime)
-        return run
     fns = {
-        "zhgpt data prepare": timed("zhgpt data prepare", lambda: prepare(cfg)),
-        "encode_batch": timed("encode_batch", lambda: tok.encode_batch(docs, add_special_tokens=False)),
-        "encode_batch_fast": timed("encode_batch_fast",
-                                   lambda: tok.encode_batch_fast(docs, add_special_tokens=False)),
+        "zhgpt data prepare": lambda: prepare(cfg),
+        "encode_batch": lambda: tok.encode_batch(docs, add_special_tokens=False),
+        "encode_batch_fast": lambda: tok.encode_batch_fast(docs, add_special_tokens=False),
     }
     prepare(cfg)   # warm-up: file cache, rayon pool, imports
 
     def show(r, times):
         print(f"  round {r + 1}: " + ", ".join(f"{n} {mb / t[-1]:.2f} MB/s" for n, t in times.items()),
               flush=True)
-    times = common.alternate(fns, rounds=args.rounds, reps=1, on_round=show)
+    # Also the process CPU time (all threads) of each call: unlike wall time it hardly depends on what
+    # else runs on the host, so MB per CPU-second compares runs across loads.
+    cpu: dict[str, list[float]] = {}
+    times = common.alternate(fns, rounds=args.rounds, reps=1, on_round=show, cpu=cpu)
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     s = meta["summary"]
     ref = times["encode_batch"]
