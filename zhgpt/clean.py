@@ -131,7 +131,7 @@ def _nfkc_keep_chinese(text: str) -> str:
             if k in text:
                 text = text.replace(k, v)
     if not _ASTRAL.search(text):
-        # normalise only the runs NFKC can change (see _unstable_bmp): 2-3x faster than one
+        # normalise only the runs NFKC can change (see _unstable_bmp): ~2x faster than one
         # normalize() of the whole text with the kept punctuation swapped out and back
         out, pos = [], 0
         for m in _unstable_bmp().finditer(text):
