@@ -37,10 +37,10 @@ import common  # noqa: E402
 # Raw encode_batch must run in parallel like prepare does (a test suite may have set it to false).
 os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
-from zhgpt.clean import Cleaner, CleanOptions  # noqa: E402
-from zhgpt.prepare import DataConfig, main as prepare  # noqa: E402
-from zhgpt.sources import ReadOptions, iter_documents  # noqa: E402
-from zhgpt.tokenizer import KINDS, load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
+from zhgpt.data.clean import Cleaner, CleanOptions  # noqa: E402
+from zhgpt.data.prepare import DataConfig, main as prepare  # noqa: E402
+from zhgpt.data.sources import ReadOptions, iter_documents  # noqa: E402
+from zhgpt.data.tokenizer import KINDS, load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
 
 TITLE_BIG = "bench_data.py: peak memory of zhgpt data prepare on a large file"
 TITLE = "bench_data.py: zhgpt data prepare throughput"

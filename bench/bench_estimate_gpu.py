@@ -23,10 +23,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from zhgpt import estimate as E  # noqa: E402
-from zhgpt.model import GPT  # noqa: E402
-from zhgpt.optim import param_groups  # noqa: E402
-from zhgpt.presets import model_config  # noqa: E402
+from zhgpt.training import estimate as E  # noqa: E402
+from zhgpt.model.gpt import GPT  # noqa: E402
+from zhgpt.training.optim import param_groups  # noqa: E402
+from zhgpt.model.presets import model_config  # noqa: E402
 
 GiB = 2 ** 30
 

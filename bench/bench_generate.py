@@ -7,7 +7,7 @@
     python bench/bench_generate.py --profile       # + torch.profiler of one zhgpt and one HF generation
     python bench/bench_generate.py --proto         # + prototype engine loops (see PROTOTYPES)
 
-The Hugging Face side is the same weights exported with `zhgpt.export.export_hf` and loaded back with
+The Hugging Face side is the same weights exported with `zhgpt.inference.export.export_hf` and loaded back with
 `AutoModelForCausalLM.from_pretrained`. Both generate exactly `--new-tokens` tokens (zhgpt:
 stop_at_eot=False; HF: eos_token_id=None) from the same prompt ids, fp32, same thread count, batch 1:
 greedy (temperature 0) and sampled (temperature 0.8, top-k 50, top-p 0.95, repetition penalty 1.1 — the
@@ -29,8 +29,8 @@ import common  # noqa: E402
 
 import torch  # noqa: E402
 
-from zhgpt.engine import Engine, SamplingParams, sample_next  # noqa: E402
-from zhgpt.model import GPT, ModelConfig  # noqa: E402
+from zhgpt.model.engine import Engine, SamplingParams, sample_next  # noqa: E402
+from zhgpt.model.gpt import GPT, ModelConfig  # noqa: E402
 
 PROMPT_SHORT = "人工智能是"
 # ~128 characters of People's Daily style text for the long-prompt (prefill) case.
@@ -52,9 +52,9 @@ def find_trained_run() -> Path | None:
 def random_model(out: Path) -> tuple[GPT, object, Path, str]:
     """A randomly initialised model of the cpu-tiny shape with a BPE tokenizer of its vocabulary size,
     trained on 1 M characters of train.txt (greedy speed does not depend on the weights)."""
-    from zhgpt.presets import get_preset
-    from zhgpt.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
-    from zhgpt.train import pad_vocab
+    from zhgpt.model.presets import get_preset
+    from zhgpt.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+    from zhgpt.training.train import pad_vocab
     m, t = get_preset("cpu-tiny")
     kind, vocab = t.get("tokenizer", "bpe"), t.get("vocab_size", m["vocab_size"])
     tok_dir = out / f"tokenizer-{kind}-{vocab}"
@@ -75,7 +75,7 @@ def load_model(arg: str, out: Path, quick: bool):
     run = Path(arg) if arg else find_trained_run()
     if run is None:
         return random_model(out)
-    from zhgpt.checkpoint import load_for_inference, resolve_model_path
+    from zhgpt.training.checkpoint import load_for_inference, resolve_model_path
     kind, p = resolve_model_path(run)
     model, tok, info = load_for_inference(run)
     tok_dir = p if kind == "hf" else p / "tokenizer"
@@ -84,7 +84,7 @@ def load_model(arg: str, out: Path, quick: bool):
 
 def export_and_load_hf(model: GPT, tok_dir: Path, out: Path):
     from transformers import AutoModelForCausalLM
-    from zhgpt.export import export_hf
+    from zhgpt.model.hf import export_hf
     folder = export_hf(model, tok_dir, out / "hf")
     hf = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
     return hf, folder

@@ -234,8 +234,8 @@ def run_recipe(name: str, recipe: dict, budget: str = "", max_steps: int = 0, ev
 def resolve_recipe(flags: list[str]):
     """(TrainConfig, model fields) exactly as `zhgpt train FLAGS` would resolve them on a CPU."""
     from zhgpt.config import overrides_from_args
-    from zhgpt.model import ModelConfig
-    from zhgpt.train import TrainConfig, configure_parser, resolve_config
+    from zhgpt.model.gpt import ModelConfig
+    from zhgpt.training.train import TrainConfig, configure_parser, resolve_config
     p = argparse.ArgumentParser()
     configure_parser(p)
     ns = p.parse_args(["--data", str(common.PD_TRAIN), "--val-data", str(common.PD_VAL), *flags])
@@ -263,11 +263,12 @@ def calibrate(recipes: dict[str, dict], rounds: int) -> dict[str, dict]:
     seconds. The 2-thread wall time of the step is measured in the same rotation; where even its fastest
     round is slower than that estimate, it is used instead (conservative: fewer steps per budget)."""
     import torch
-    from zhgpt.evaluate import autocast_ctx
-    from zhgpt.loader import TrainBatches, eval_windows
-    from zhgpt.model import GPT, ModelConfig
-    from zhgpt.optim import build_optimizers
-    from zhgpt.train import pad_vocab, pick_dtype, prepare_data
+    from zhgpt.core.device import autocast_ctx
+    from zhgpt.training.loader import TrainBatches, eval_windows
+    from zhgpt.model.gpt import GPT, ModelConfig
+    from zhgpt.training.optim import build_optimizers
+    from zhgpt.core.device import resolve_dtype as pick_dtype
+    from zhgpt.training.train import pad_vocab, prepare_data
 
     os.environ["ZHGPT_HOME"] = str(HOME)
     threads0 = torch.get_num_threads()

@@ -58,8 +58,8 @@ def small_model() -> Path:
 
     import torch
 
-    from zhgpt.checkpoint import list_checkpoints, save_checkpoint
-    from zhgpt.model import GPT, ModelConfig
+    from zhgpt.training.checkpoint import list_checkpoints, save_checkpoint
+    from zhgpt.model.gpt import GPT, ModelConfig
     run = common.OUT / "serve-small" / "run"
     if list_checkpoints(run):
         return run

@@ -8,7 +8,7 @@
 
 A step is what zhgpt/train.py does on a CPU: forward (fp32, or under bf16 autocast), loss, backward,
 clip_grad_norm_(1.0), AdamW (decay on matrices only, betas 0.9/0.95, not fused), zero_grad(set_to_none).
-The Hugging Face model gets the same weights (loaded through zhgpt.export, so both compute the same
+The Hugging Face model gets the same weights (loaded through zhgpt.inference.export, so both compute the same
 function: the initial losses are checked equal), the same batch (People's Daily windows), the same
 optimizer and the same thread count; its loss is HF's own (labels=y, shift_labels=y, so it predicts the
 same B*T targets). Every variant is timed in one process in rotating order, so the ratios hold under load.
@@ -38,8 +38,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from zhgpt.model import GPT, ModelConfig  # noqa: E402
-from zhgpt.optim import build_optimizers, param_groups  # noqa: E402
+from zhgpt.model.gpt import GPT, ModelConfig  # noqa: E402
+from zhgpt.training.optim import build_optimizers, param_groups  # noqa: E402
 
 # bf16-muon: zhgpt only, what `zhgpt train` does by default on this CPU (bf16 autocast + Muon for the block
 # matrices); the AdamW modes are the like-for-like comparison with Hugging Face.
@@ -50,8 +50,8 @@ CHAR_VOCAB = 4688      # distinct characters of People's Daily 1998-01 (shared/R
 # ------------------------------------------------------------------------- shapes and data
 
 def shapes(quick: bool) -> dict[str, dict]:
-    from zhgpt.presets import get_preset
-    from zhgpt.train import pad_vocab
+    from zhgpt.model.presets import get_preset
+    from zhgpt.training.train import pad_vocab
     m, t = get_preset("cpu-tiny")
     out = {
         "a": dict(desc=f"4L/4H/256d ctx256 batch16 vocab {CHAR_VOCAB} (char)",
@@ -95,7 +95,7 @@ def build_zhgpt(mfields: dict) -> GPT:
 def build_hf(zmodel: GPT):
     """GPT2LMHeadModel with zhgpt's weights (the export mapping), SDPA attention, no dropout."""
     from transformers import AutoModelForCausalLM
-    from zhgpt.export import hf_config, to_hf_state_dict
+    from zhgpt.model.hf import hf_config, to_hf_state_dict
     _, sd = to_hf_state_dict(zmodel)
     cfg = hf_config(zmodel.cfg)
     cfg._attn_implementation = "sdpa"

@@ -23,7 +23,7 @@ def pd_lines(split: str, n: int) -> list[str]:
     if path.is_file():
         with open(path, encoding="utf-8") as f:
             return [line.rstrip("\n") for _, line in zip(range(n), f)]
-    from zhgpt.sources import ReadOptions, iter_documents
+    from zhgpt.data.sources import ReadOptions, iter_documents
     docs = [d.text for _, d in zip(range(n * 2), iter_documents(["builtin:people-daily"], ReadOptions()))]
     return docs[:n] if split == "train" else docs[n:]
 
@@ -53,7 +53,7 @@ def pd_text(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pd_dataset(pd_text, tmp_path_factory, zhgpt_home):
     """A prepared char-level dataset folder of the pd text."""
-    from zhgpt.prepare import DataConfig, main
+    from zhgpt.data.prepare import DataConfig, main
     train, val = pd_text
     out = tmp_path_factory.mktemp("ds") / "pd-char"
     return main(DataConfig(sources=[str(train)], out=str(out), tokenizer="char", vocab_size=3000,
@@ -69,11 +69,12 @@ TINY_TRAIN = dict(batch_size=8, lr=3e-3, warmup_steps=5, eval_every=20, log_ever
 def trained_run(pd_dataset, tmp_path_factory):
     """A tiny GPT trained for 60 steps, with TensorBoard and the end-of-run report, as a user gets it:
     used by the generate/export/eval/serve tests."""
-    from zhgpt.train import TrainConfig, main
+    from zhgpt.pipeline import train
+    from zhgpt.training.train import TrainConfig
     out = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = TrainConfig(data=[str(pd_dataset)], out=str(out), max_steps=60, preset="cpu-tiny",
                       **{**TINY_TRAIN, "log": ["tensorboard"], "report": True})
-    return main(cfg, model_overrides=dict(TINY))
+    return train(cfg, model_overrides=dict(TINY))
 
 
 

@@ -1,4 +1,4 @@
-"""zhgpt.clean: normalisation table, filters, exact dedup, deterministic split and repeats."""
+"""zhgpt.data.clean: normalisation table, filters, exact dedup, deterministic split and repeats."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from zhgpt import clean as clean_mod
-from zhgpt.clean import (CleanOptions, Cleaner, HashSet64, doc_hash, is_val, normalize, repeats,
+from zhgpt.data import clean as clean_mod
+from zhgpt.data.clean import (CleanOptions, Cleaner, HashSet64, doc_hash, is_val, normalize, repeats,
                          val_threshold)
 from zhgpt.errors import ZhgptError
 
@@ -150,7 +150,7 @@ def test_doc_hash_is_fixed():
 
 def test_doc_hash_same_in_another_process():
     docs = [f"文档{i}：内容" for i in range(50)]
-    code = ("import sys; from zhgpt.clean import doc_hash; "
+    code = ("import sys; from zhgpt.data.clean import doc_hash; "
             "print(' '.join(str(doc_hash(l)) for l in sys.stdin.read().split('\\n')))")
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], input="\n".join(docs), capture_output=True,

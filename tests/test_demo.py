@@ -21,9 +21,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="needs the [serve] extra (gradio)")
 httpx = pytest.importorskip("httpx", reason="needs the [serve] extra")
 
-from zhgpt.demo import (UI_DEFAULTS, DemoConfig, build_demo, default_compare, find_run_dir,   # noqa: E402
+from zhgpt.apps.demo import (UI_DEFAULTS, DemoConfig, build_demo, default_compare, find_run_dir,   # noqa: E402
                         launch, model_facts, render, sample_stream)
-from zhgpt.engine import Engine, SamplingParams                                        # noqa: E402
+from zhgpt.model.engine import Engine, SamplingParams                                        # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -46,7 +46,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    from zhgpt.checkpoint import load_for_inference
+    from zhgpt.training.checkpoint import load_for_inference
     model, tok, info = load_for_inference(tiny["run"])
     return Engine(model, tok), info
 

@@ -13,10 +13,10 @@ import textwrap
 import pytest
 import torch
 
-from zhgpt import estimate as E
+from zhgpt.training import estimate as E
 from zhgpt.errors import ZhgptError
-from zhgpt.model import GPT, ModelConfig
-from zhgpt.presets import PRESETS
+from zhgpt.model.gpt import GPT, ModelConfig
+from zhgpt.model.presets import PRESETS
 
 SMALL = dict(n_layer=2, n_head=4, n_embd=128, block_size=64, vocab_size=512)
 
@@ -70,7 +70,7 @@ def _saved_bytes(cfg, B, T, mixed, math_attn=False):
 @pytest.mark.parametrize("name", ["adamw", "muon"])
 def test_optimizer_state_bytes_match_the_real_optimizer(arch, name):
     """The optimizer term against the state tensors zhgpt's optimizers really hold after a step."""
-    from zhgpt.optim import build_optimizers
+    from zhgpt.training.optim import build_optimizers
     cfg = _cfg(arch, **({"tie_embeddings": False} if arch == "llama" else {}))
     model = GPT(cfg)
     opt = build_optimizers(model, name, 1e-3, 0.1, (0.9, 0.95), "cpu")
@@ -113,8 +113,8 @@ MEASURE = textwrap.dedent("""
     import gc, json, sys
     import torch
     torch.set_num_threads(1)
-    from zhgpt.model import GPT, ModelConfig
-    from zhgpt.optim import param_groups
+    from zhgpt.model.gpt import GPT, ModelConfig
+    from zhgpt.training.optim import param_groups
 
     def status(field):
         with open("/proc/self/status") as f:

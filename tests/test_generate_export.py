@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import TINY, TINY_TRAIN, run_cli
-from zhgpt.checkpoint import load_for_inference
-from zhgpt.engine import Engine, SamplingParams
+from zhgpt.training.checkpoint import load_for_inference
+from zhgpt.model.engine import Engine, SamplingParams
 
 HAN = re.compile(r"[\u4e00-\u9fff]")
 PROMPTS = ["中国的历史", "人工智能是", "今天天气", "教育的目的", "在科学研究中"]
@@ -134,7 +134,7 @@ def test_eval_reports_bits_per_char_close_to_training(trained_run, pd_text):
 
 
 def test_init_from_exported_model_starts_equal_and_keeps_learning(trained_run, pd_dataset, tmp_path, pd_text):
-    from zhgpt.train import TrainConfig, main
+    from zhgpt.training.train import TrainConfig, main
     train_txt, val_txt = pd_text
     final = Path(trained_run) / "final"
     out = main(TrainConfig(data=[str(train_txt)], val_data=str(val_txt), init_from=str(final), out=str(tmp_path / "ft"),
@@ -151,7 +151,7 @@ def test_onnx_export_runs_in_onnx_runtime_with_parity(trained_run, tmp_path):
     pytest.importorskip("onnxscript")
     import numpy as np
     import onnxruntime as ort
-    from zhgpt.export import ExportConfig, main as export_main
+    from zhgpt.inference.export import ExportConfig, main as export_main
     out = export_main(ExportConfig(model=str(trained_run), format="onnx", out=str(tmp_path / "onnx")))
     sess = ort.InferenceSession(str(out / "model.onnx"))
     model, tok, _ = load_for_inference(trained_run)

@@ -7,7 +7,7 @@ import types
 import pytest
 
 from zhgpt.errors import ZhgptError
-from zhgpt.logger import (FanoutLogger, Logger, TensorBoardLogger, make_logger, metric_name, named_scalars,
+from zhgpt.training.logger import (FanoutLogger, Logger, TensorBoardLogger, make_logger, metric_name, named_scalars,
                           parse_backends, sample_tag)
 
 

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from zhgpt.engine import Engine, SamplingParams, process_logits, sample_next
-from zhgpt.export import load_hf_folder, to_hf_state_dict, hf_config
-from zhgpt.model import GPT, ModelConfig
-from zhgpt.presets import count_params, model_config
+from zhgpt.model.engine import Engine, SamplingParams, process_logits, sample_next
+from zhgpt.model.hf import load_hf_folder, to_hf_state_dict, hf_config
+from zhgpt.model.gpt import GPT, ModelConfig
+from zhgpt.model.presets import count_params, model_config
 
 VARIANTS = {
     "gpt2": dict(arch="gpt2"),
@@ -180,7 +180,7 @@ def test_fused_loss_hook_matches_the_standard_loss_and_liger_falls_back_on_cpu(c
     """The hook --liger fills on CUDA gets (weight, hidden, targets); any correct fused loss gives the same
     loss and gradients as the standard path. On CPU --liger only prints a note."""
     import torch.nn.functional as F
-    from zhgpt.train import liger_fused_loss
+    from zhgpt.training.train import liger_fused_loss
     torch.manual_seed(0)
     a, b = GPT(tiny()), GPT(tiny())
     b.load_state_dict(a.state_dict())

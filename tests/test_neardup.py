@@ -1,4 +1,4 @@
-"""zhgpt.neardup and --near-dup: real People's Daily paragraphs with a few characters edited are dropped,
+"""zhgpt.data.neardup and --near-dup: real People's Daily paragraphs with a few characters edited are dropped,
 distinct paragraphs and heavily edited copies are kept, and prepare reports the count."""
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 
 from conftest import pd_lines
 from zhgpt import cli
-from zhgpt import prepare as prep
-from zhgpt.clean import Cleaner, CleanOptions, normalize
+from zhgpt.data import prepare as prep
+from zhgpt.data.clean import Cleaner, CleanOptions, normalize
 from zhgpt.errors import ZhgptError
-from zhgpt.neardup import NUM_PERM, NearDupIndex, lsh_params, signatures
-from zhgpt.prepare import DataConfig
-from zhgpt.shards import TokenDataset
+from zhgpt.data.neardup import NUM_PERM, NearDupIndex, lsh_params, signatures
+from zhgpt.data.prepare import DataConfig
+from zhgpt.data.shards import TokenDataset
 
 
 def grams(text: str, n: int = 5) -> set[str]:
@@ -200,7 +200,7 @@ def test_cache_key_unchanged_without_near_dup(tmp_path):
 
 
 def test_sorted_runs_find_every_stored_entry():
-    from zhgpt.neardup import _SortedRuns
+    from zhgpt.data.neardup import _SortedRuns
     rng = np.random.default_rng(5)
     runs, ref = _SortedRuns(), {}
     for doc in range(300):       # one small batch at a time: many merges; a few keys repeat

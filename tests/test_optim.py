@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from zhgpt.errors import ZhgptError
-from zhgpt.model import GPT, ModelConfig
-from zhgpt.optim import build_optimizers, param_groups
-from zhgpt.train import resolve_config
+from zhgpt.model.gpt import GPT, ModelConfig
+from zhgpt.training.optim import build_optimizers, param_groups
+from zhgpt.training.train import resolve_config
 
 CFG = dict(vocab_size=320, block_size=32, n_layer=2, n_head=4, n_embd=64)
 

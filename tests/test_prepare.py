@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import pd_lines, run_cli
-from zhgpt import prepare as prep
-from zhgpt.clean import Cleaner, CleanOptions, repeats
+from zhgpt.data import prepare as prep
+from zhgpt.data.clean import Cleaner, CleanOptions, repeats
 from zhgpt.errors import ZhgptError
-from zhgpt.prepare import DataConfig, choose_val_threshold, main
-from zhgpt.shards import TokenDataset
-from zhgpt.sources import ReadOptions, iter_documents
-from zhgpt.tokenizer import BYTE_TOKENS, EOT, load_tokenizer, save_tokenizer, tokenizer_hash
+from zhgpt.data.prepare import DataConfig, choose_val_threshold, main
+from zhgpt.data.shards import TokenDataset
+from zhgpt.data.sources import ReadOptions, iter_documents
+from zhgpt.data.tokenizer import BYTE_TOKENS, EOT, load_tokenizer, save_tokenizer, tokenizer_hash
 
 
 def cleaned(path, cleaner=None) -> list[tuple[str, int]]:
@@ -247,7 +247,7 @@ def test_dtype_follows_vocabulary(tmp_path, monkeypatch):
     assert max(int(a.max()) for s in ds.splits.values() for a in s.arrays) > 65_535
     assert sorted(decode_split(out, "train") + decode_split(out, "val")) == sorted(lines)
     # forced to the wrong dtype, the shard writer refuses instead of wrapping ids around
-    from zhgpt import shards
+    from zhgpt.data import shards
     monkeypatch.setattr(shards, "dtype_for_vocab", lambda v: np.dtype(np.uint16))
     with pytest.raises(ZhgptError, match="does not fit"):
         main(DataConfig(sources=[str(src)], out=str(tmp_path / "ds2"), tokenizer=str(tmp_path / "tok"),

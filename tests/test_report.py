@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from zhgpt.errors import ZhgptError
-from zhgpt.report import (STAGES, ReportConfig, load_run, main, pick_steps, stage_label, text_features)
+from zhgpt.report.report import (STAGES, ReportConfig, load_run, main, pick_steps, stage_label, text_features)
 
 EVAL_STEPS = [0, 50, 100, 200, 400, 800, 1600]
 BPC = [8.0, 6.5, 5.8, 5.0, 4.5, 4.2, 4.0]   # progress 0, .38, .55, .75, .88, .95, 1
@@ -129,7 +129,7 @@ def test_report_writes_files_and_tables(run_dir):
 
 
 def test_stage_labels_come_out_in_order(run_dir):
-    from zhgpt.report import evolution
+    from zhgpt.report.report import evolution
     evo = evolution(load_run(run_dir))
     assert list(evo) == PROMPTS
     assert [r["stage"] for r in evo["今天天气"]] == EXPECTED
@@ -274,8 +274,8 @@ def test_cjk_font_found_or_one_warning(tmp_path, monkeypatch, capsys):
     import matplotlib
     from matplotlib.figure import Figure
 
-    from zhgpt import fonts
-    from zhgpt.report import plot_run
+    from zhgpt.report import fonts
+    from zhgpt.report.report import plot_run
     fonts.find_cjk_font.cache_clear()
     if fonts.find_cjk_font():
         # with a CJK font, Chinese in titles renders: matplotlib reports no missing glyph
@@ -303,7 +303,7 @@ def test_cjk_font_found_or_one_warning(tmp_path, monkeypatch, capsys):
 
 
 def test_long_runs_thin_the_evolution_table(tmp_path):
-    from zhgpt.report import EVOLUTION_ROWS, evolution
+    from zhgpt.report.report import EVOLUTION_ROWS, evolution
     run = tmp_path / "long"
     run.mkdir()
     steps = list(range(0, 3001, 50))                          # 61 evaluations

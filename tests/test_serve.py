@@ -26,8 +26,8 @@ pytest.importorskip("uvicorn", reason="needs the [serve] extra")
 openai = pytest.importorskip("openai", reason="needs the [serve] extra")
 httpx = pytest.importorskip("httpx", reason="needs the [serve] extra")
 
-from zhgpt.engine import Engine, SamplingParams   # noqa: E402
-from zhgpt.model import GPT, ModelConfig          # noqa: E402
+from zhgpt.model.engine import Engine, SamplingParams   # noqa: E402
+from zhgpt.model.gpt import GPT, ModelConfig          # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pd1998" / "train.txt"
 # Used when ../shared is not beside the checkout: enough Chinese for a tiny model to emit Chinese characters.
@@ -47,7 +47,7 @@ EOT = "<|endoftext|>"
 # ============================================================================ the tiny trained model
 
 def _char_tokenizer(lines: list[str], vocab_size: int):
-    """A character-level tokenizers.Tokenizer: the stand-in while zhgpt.tokenizer is not there."""
+    """A character-level tokenizers.Tokenizer: the stand-in while zhgpt.data.tokenizer is not there."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     counts = collections.Counter("".join(lines))
     vocab = {EOT: 0, "<unk>": 1, "\n": 2}
@@ -73,17 +73,17 @@ def _save_char_tokenizer(tok, out: Path, block_size: int) -> None:
 
 
 def _install_tokenizer_shim() -> None:
-    """zhgpt.checkpoint.load_for_inference imports zhgpt.tokenizer.load_tokenizer; until that module exists,
+    """zhgpt.training.checkpoint.load_for_inference imports zhgpt.data.tokenizer.load_tokenizer; until that module exists,
     provide the one function it needs (reading tokenizer.json)."""
     try:
-        import zhgpt.tokenizer  # noqa: F401
+        import zhgpt.data.tokenizer  # noqa: F401
         return
     except ImportError:
         pass
     from tokenizers import Tokenizer
-    shim = types.ModuleType("zhgpt.tokenizer")
+    shim = types.ModuleType("zhgpt.data.tokenizer")
     shim.load_tokenizer = lambda path: Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
-    sys.modules["zhgpt.tokenizer"] = shim
+    sys.modules["zhgpt.data.tokenizer"] = shim
 
 
 def build_tiny_run(root: Path, steps: int = 150, time_budget_s: float = 15.0, block_size: int = 64) -> dict:
@@ -93,13 +93,13 @@ def build_tiny_run(root: Path, steps: int = 150, time_budget_s: float = 15.0, bl
     paths = {"run": run, "tokenizer": Path(root) / "tokenizer", "hf": run / "final"}
     _install_tokenizer_shim()
     if (run / "DONE").is_file():
-        from zhgpt.checkpoint import list_checkpoints
+        from zhgpt.training.checkpoint import list_checkpoints
         paths["checkpoints"] = list_checkpoints(run)
         return paths
     shutil.rmtree(root, ignore_errors=True)
-    from zhgpt.checkpoint import list_checkpoints, save_checkpoint
+    from zhgpt.training.checkpoint import list_checkpoints, save_checkpoint
     from zhgpt.config import save_json
-    from zhgpt.export import export_hf
+    from zhgpt.model.hf import export_hf
 
     if CORPUS.is_file():
         lines = [x for x in CORPUS.read_text(encoding="utf-8").splitlines() if x.strip()][:2000]
@@ -107,7 +107,7 @@ def build_tiny_run(root: Path, steps: int = 150, time_budget_s: float = 15.0, bl
         lines = FALLBACK_TEXT
     tok_dir = paths["tokenizer"]
     try:
-        from zhgpt.tokenizer import save_tokenizer, train_tokenizer
+        from zhgpt.data.tokenizer import save_tokenizer, train_tokenizer
         tok = train_tokenizer(lines, "char", 1024, show_progress=False)
         save_tokenizer(tok, tok_dir, "char", model_max_length=block_size)
     except ImportError:
@@ -189,7 +189,7 @@ def tokenizer(tiny):
 # ============================================================================ servers
 
 def start(cfg, served=None):
-    from zhgpt.serve import BackgroundServer, create_app
+    from zhgpt.apps.serve import BackgroundServer, create_app
     return BackgroundServer(create_app(cfg, served), start_timeout=30).__enter__()
 
 
@@ -200,7 +200,7 @@ def client(srv, key="unused", **kw):
 
 @pytest.fixture(scope="module")
 def hf_server(tiny):
-    from zhgpt.serve import ServeConfig
+    from zhgpt.apps.serve import ServeConfig
     srv = start(ServeConfig(model=str(tiny["hf"]), device="cpu", model_name="tiny"))
     yield srv
     srv.stop()
@@ -323,7 +323,7 @@ def test_echo(oai):
 # ============================================================================ chat
 
 def test_chat_plain_template(oai, tokenizer):
-    from zhgpt.serve import render_chat, ChatMessage
+    from zhgpt.apps.serve import render_chat, ChatMessage
     msgs = [{"role": "system", "content": "你是助手"}, {"role": "user", "content": "人工智能是什么？"}]
     prompt, stops = render_chat([ChatMessage(**m) for m in msgs], None)
     assert prompt == "系统：你是助手\n用户：人工智能是什么？\n助手：" and stops == ["\n用户："]
@@ -341,7 +341,7 @@ def test_chat_plain_template(oai, tokenizer):
 
 def test_chat_uses_the_models_template(tiny, tmp_path):
     from zhgpt.config import load_json, save_json
-    from zhgpt.serve import ServeConfig
+    from zhgpt.apps.serve import ServeConfig
     folder = tmp_path / "chat-model"
     shutil.copytree(tiny["hf"], folder)
     tcfg = load_json(folder / "tokenizer_config.json")
@@ -432,14 +432,14 @@ def test_long_prompt_is_truncated_with_warning(oai, tokenizer):
 
 @pytest.fixture(scope="module")
 def keyed_server(tiny):
-    from zhgpt.serve import ServeConfig
+    from zhgpt.apps.serve import ServeConfig
     srv = start(ServeConfig(model=str(tiny["run"]), device="cpu", api_key="s3cret", max_tokens_limit=32))
     yield srv
     srv.stop()
 
 
 def test_run_folder_with_api_key(keyed_server, tiny):
-    from zhgpt.serve import default_model_name
+    from zhgpt.apps.serve import default_model_name
     good = client(keyed_server, key="s3cret")
     name = tiny["run"].name
     assert default_model_name(tiny["hf"]) == name    # RUN/final is named after its run
@@ -477,8 +477,8 @@ def _wait_health(srv, pred, timeout=20):
 
 @pytest.fixture(scope="module")
 def gated(tiny):
-    from zhgpt.checkpoint import load_for_inference
-    from zhgpt.serve import ServeConfig
+    from zhgpt.training.checkpoint import load_for_inference
+    from zhgpt.apps.serve import ServeConfig
     model, tok, _ = load_for_inference(tiny["hf"])
     engine = GatedEngine(model, tok)
     engine.gate = threading.Event()
@@ -564,7 +564,7 @@ def test_32_concurrent_clients(hf_server, oai, tokenizer):
 # ============================================================================ pieces
 
 def test_stream_rows_equals_engine_generate(tiny):
-    from zhgpt.checkpoint import load_for_inference
+    from zhgpt.training.checkpoint import load_for_inference
     model, tok, _ = load_for_inference(tiny["hf"])
     engine = Engine(model, tok)
     for stop in ([], ["的"], ["，", "。"]):
@@ -598,7 +598,7 @@ def test_cli_flags_and_errors(tmp_path):
 
     from zhgpt.config import from_args
     from zhgpt.errors import ZhgptError
-    from zhgpt.serve import ServeConfig, bind_socket, configure_parser, create_app
+    from zhgpt.apps.serve import ServeConfig, bind_socket, configure_parser, create_app
     p = argparse.ArgumentParser()
     configure_parser(p)
     cfg = from_args(ServeConfig, p.parse_args(["--model", "m", "--port", "9001", "--max-queue", "3"]))

@@ -1,4 +1,4 @@
-"""zhgpt.sources: formats, compression, encodings, folders/globs/weights, builtin corpora, bad input.
+"""zhgpt.data.sources: formats, compression, encodings, folders/globs/weights, builtin corpora, bad input.
 
 Every test writes real files into tmp_path and reads them back through the public API.
 """
@@ -18,9 +18,9 @@ import pytest
 import zstandard
 from opencc import OpenCC
 
-from zhgpt import sources
+from zhgpt.data import sources
 from zhgpt.errors import ZhgptError
-from zhgpt.sources import (Document, ReadOptions, ReadStats, SourceFile, detect_encoding,
+from zhgpt.data.sources import (Document, ReadOptions, ReadStats, SourceFile, detect_encoding,
                            expand_sources, iter_documents, strip_pos_tags)
 
 SHARED_PD = Path(__file__).resolve().parents[2] / "shared" / "data" / "pd1998"

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import pd_lines, run_cli
 from zhgpt.errors import ZhgptError
-from zhgpt.tokenizer import (BYTE_TOKENS, EOT, KINDS, eot_id, load_tokenizer, save_tokenizer, stats,
+from zhgpt.data.tokenizer import (BYTE_TOKENS, EOT, KINDS, eot_id, load_tokenizer, save_tokenizer, stats,
                              tokenizer_hash, tokenizer_kind, train_tokenizer)
 
 VOCAB = {"bpe": 1200, "unigram": 2000, "char": 3000}

@@ -15,7 +15,7 @@ import torch
 
 from conftest import TINY, TINY_TRAIN, run_cli
 from zhgpt.errors import ZhgptError
-from zhgpt.train import TrainConfig, lr_at, main
+from zhgpt.training.train import TrainConfig, lr_at, main
 
 
 def read_jsonl(path):
@@ -231,7 +231,7 @@ def test_ddp_killing_one_rank_ends_the_job_instead_of_hanging(pd_dataset, tmp_pa
 
 
 def test_out_of_memory_becomes_advice(pd_dataset, tmp_path, monkeypatch):
-    from zhgpt.model import GPT
+    from zhgpt.model.gpt import GPT
 
     def boom(self, *a, **k):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes")
@@ -243,7 +243,7 @@ def test_out_of_memory_becomes_advice(pd_dataset, tmp_path, monkeypatch):
 
 
 def test_init_from_refuses_a_dataset_tokenised_differently(trained_run, pd_text, tmp_path, zhgpt_home):
-    from zhgpt.prepare import DataConfig, main as prepare
+    from zhgpt.data.prepare import DataConfig, main as prepare
     train, val = pd_text
     other = prepare(DataConfig(sources=[str(train)], out=str(tmp_path / "bpe"), tokenizer="bpe", vocab_size=600,
                                val_source=str(val), quiet=True))

@@ -15,17 +15,17 @@ from zhgpt.errors import ZhgptError
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "train": ("zhgpt.train", "train a GPT (default: a tiny model on the built-in corpus)"),
-    "data": ("zhgpt.prepare", "read, clean, split and tokenise text into token shards"),
-    "tokenizer": ("zhgpt.tokenizer_cli", "train a tokenizer or print its statistics"),
-    "presets": ("zhgpt.presets", "list model presets with parameter counts"),
-    "generate": ("zhgpt.generate", "generate text from a run, checkpoint or exported model"),
-    "eval": ("zhgpt.evaluate", "perplexity and bits per character of a model on text files"),
-    "export": ("zhgpt.export", "export a checkpoint as a Hugging Face model folder"),
-    "report": ("zhgpt.report", "loss curves, sample evolution and report.html for runs"),
-    "estimate": ("zhgpt.estimate", "parameter count, memory and time estimates for a model"),
-    "demo": ("zhgpt.demo", "Gradio web demo for a model (needs the [serve] extra)"),
-    "serve": ("zhgpt.serve", "OpenAI-compatible HTTP API for a model (needs the [serve] extra)"),
+    "train": ("zhgpt.pipeline", "train a GPT (default: a tiny model on the built-in corpus)"),
+    "data": ("zhgpt.data.prepare", "read, clean, split and tokenise text into token shards"),
+    "tokenizer": ("zhgpt.data.tokenizer_cli", "train a tokenizer or print its statistics"),
+    "presets": ("zhgpt.model.presets", "list model presets with parameter counts"),
+    "generate": ("zhgpt.inference.generate", "generate text from a run, checkpoint or exported model"),
+    "eval": ("zhgpt.inference.evaluate", "perplexity and bits per character of a model on text files"),
+    "export": ("zhgpt.inference.export", "export a checkpoint as a Hugging Face model folder"),
+    "report": ("zhgpt.report.report", "loss curves, sample evolution and report.html for runs"),
+    "estimate": ("zhgpt.training.estimate", "parameter count, memory and time estimates for a model"),
+    "demo": ("zhgpt.apps.demo", "Gradio web demo for a model (needs the [serve] extra)"),
+    "serve": ("zhgpt.apps.serve", "OpenAI-compatible HTTP API for a model (needs the [serve] extra)"),
 }
 
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
-import tempfile
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
+from zhgpt.core.files import atomic_write_text  # noqa: F401  (re-exported: config.save_json's writer)
 from zhgpt.errors import ZhgptError
 
 
@@ -123,27 +121,6 @@ def text_table(rows: list[tuple | list], right: bool = False) -> str:
     fmt = lambda r: "  ".join(c.rjust(w) if right and i else c.ljust(w)  # noqa: E731
                               for i, (c, w) in enumerate(zip(r, widths))).rstrip()
     return "\n".join([fmt(rows[0]), "  ".join("-" * w for w in widths), *map(fmt, rows[1:])])
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file so that readers see either the old or the new content, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the file the permissions a plain open() would (0666 & ~umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_json(path, obj) -> None:

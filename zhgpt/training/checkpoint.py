@@ -12,7 +12,6 @@ checkpoint is skipped in favour of the previous good one, with a message.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -22,31 +21,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zhgpt.config import load_json, save_json
+from zhgpt.core.files import fsync_dir, fsync_files, sha256_file
 from zhgpt.errors import ZhgptError
-from zhgpt.model import GPT, ModelConfig
+from zhgpt.model.gpt import GPT, ModelConfig
 
 CKPT_DIR = "checkpoints"
 WEIGHTS = "model.safetensors"
 OPTIM = "optim.pt"
 META = "meta.json"
 TOKENIZER = "tokenizer"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 22):
-            h.update(b)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass
 
 
 def state_dict_for_save(model_state: dict, tie_embeddings: bool) -> dict[str, torch.Tensor]:
@@ -92,16 +75,13 @@ def save_checkpoint(run_dir: Path, step: int, model_state, optim_state: dict | N
     shutil.copytree(tokenizer_dir, tmp / TOKENIZER)
     files = {}
     for f in (WEIGHTS, OPTIM):
-        files[f] = {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
+        files[f] = {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)}
     save_json(tmp / META, {**meta, "step": step, "files": files, "train_state": train_state})
-    for f in tmp.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+    fsync_files(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
+    fsync_dir(ckpt_root)
     if best:
         (ckpt_root / "best").write_text(name + "\n", encoding="utf-8")
     _prune(ckpt_root, keep_last)
@@ -136,7 +116,7 @@ def verify(ckpt: Path) -> str | None:
             return f"{f} is missing"
         if p.stat().st_size != info["bytes"]:
             return f"{f} has {p.stat().st_size} bytes, expected {info['bytes']}"
-        if _sha256(p) != info["sha256"]:
+        if sha256_file(p) != info["sha256"]:
             return f"{f} does not match its sha256"
     return None
 
@@ -185,7 +165,7 @@ def resolve_model_path(path) -> tuple[str, Path]:
                 if str(path).count("/") == 1 and not str(path).startswith((".", "/")) else "")
         raise ZhgptError(f"{p}: no such model{hint}; pass a run folder (runs/NAME), a checkpoint folder or an "
                          "exported Hugging Face folder")
-    from zhgpt.quantize import is_int8_folder
+    from zhgpt.model.quantize import is_int8_folder
     if is_int8_folder(p):
         return "int8", p
     if (p / WEIGHTS).is_file() and (p / META).is_file() and (p / TOKENIZER).is_dir():
@@ -204,17 +184,17 @@ def resolve_model_path(path) -> tuple[str, Path]:
 
 def load_for_inference(path, device: str = "cpu", dtype: torch.dtype | None = None):
     """-> (model, tokenizer, info dict) from a run folder, checkpoint folder or HF export folder."""
-    from zhgpt.tokenizer import load_tokenizer
+    from zhgpt.data.tokenizer import load_tokenizer
 
     kind, p = resolve_model_path(path)
     if kind == "int8":
-        from zhgpt.quantize import load_int8
+        from zhgpt.model.quantize import load_int8
         if device != "cpu":
             raise ZhgptError(f"{p} is an int8 CPU model; run it with --device cpu")
         model, info = load_int8(p)
         return model.eval(), load_tokenizer(p / TOKENIZER), info
     if kind == "hf":
-        from zhgpt.export import load_hf_folder
+        from zhgpt.model.hf import load_hf_folder
         model, info = load_hf_folder(p)
         tok = load_tokenizer(p)
     else:

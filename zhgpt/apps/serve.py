@@ -71,13 +71,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from zhgpt.config import add_args, format_config, from_args, load_json, opt
-from zhgpt.engine import Engine, SamplingParams
+from zhgpt.model.engine import Engine, SamplingParams
 from zhgpt.errors import ZhgptError
 
 try:  # the [serve] extra; without it `zhgpt serve --help` still works and main() says what to install
@@ -90,7 +90,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     def Field(default=None, **_):   # noqa: N802 - stands in for pydantic.Field
         return default
 
-log = logging.getLogger("zhgpt.serve")
+log = logging.getLogger("zhgpt.apps.serve")
 
 MAX_BODY_BYTES = 4 << 20       # 4 MiB: ~1M Chinese characters, far beyond any context; stops memory abuse
 MAX_CHOICES = 64               # prompts x n per request
@@ -366,7 +366,7 @@ class ServedModel:
 
 def tokenizer_dir_of(model_path) -> Path | None:
     """The folder holding tokenizer.json for a run / checkpoint / HF folder (None if not found)."""
-    from zhgpt.checkpoint import TOKENIZER, resolve_model_path
+    from zhgpt.training.checkpoint import TOKENIZER, resolve_model_path
     try:
         kind, p = resolve_model_path(model_path)
     except ZhgptError:
@@ -395,13 +395,11 @@ def default_model_name(model_path) -> str:
 
 
 def load_model(cfg: ServeConfig) -> ServedModel:
-    import torch
-
-    from zhgpt.checkpoint import load_for_inference
-    from zhgpt.evaluate import resolve_device
+    from zhgpt.training.checkpoint import load_for_inference
+    from zhgpt.core.device import DTYPES, resolve_device
     if not cfg.model:
         raise ZhgptError("zhgpt serve needs --model (a run folder, a checkpoint folder or an exported HF folder)")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
+    dtype = DTYPES[cfg.dtype]
     device = resolve_device(cfg.device)
     model, tok, info = load_for_inference(cfg.model, device, dtype)
     engine = Engine(model, tok, eot_id=info.get("eot_id", 0))

@@ -1,4 +1,4 @@
-"""Hugging Face interop: export zhgpt models as standard model folders, and read such folders back.
+"""Hugging Face interop: zhgpt models written as standard model folders, and such folders read back.
 
 - ``gpt2`` architecture -> ``GPT2LMHeadModel``. GPT-2's ``Conv1D`` stores weights as (in, out), the
   transpose of ``nn.Linear``, so every matrix is transposed on the way out and back in.
@@ -7,27 +7,25 @@
 
 The result loads with ``AutoModelForCausalLM.from_pretrained(dir)`` and ``AutoTokenizer`` with no
 custom code; tests check the logits match zhgpt's own model. Weight names and shapes are mapped
-here, nothing wraps Hugging Face classes at training time.
+here, nothing wraps Hugging Face classes at training time. Both the end of a training run (RUN/final),
+`zhgpt export` and loading (`--init-from`, `--model`) use this one module.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from zhgpt.config import add_args, format_config, from_args, load_json, opt, save_json
+from zhgpt.config import load_json, save_json
+from zhgpt.core.files import atomic_dir
 from zhgpt.errors import ZhgptError
-from zhgpt.model import GPT, ModelConfig
+from zhgpt.model.gpt import GPT, ModelConfig
 
 EOT_ID = 0
 
-
-# ------------------------------------------------------------------------- name mapping
+# ------------------------------------------------------------------------- writing
 
 def to_hf_state_dict(model: GPT) -> tuple[str, dict[str, torch.Tensor]]:
     """(model_type, state dict in Hugging Face names) for a zhgpt model."""
@@ -111,8 +109,7 @@ def export_hf(model: GPT, tokenizer_dir, out_dir, eot_id: int = EOT_ID, dtype: t
     hf.generation_config = GenerationConfig(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id,
                                             do_sample=True, temperature=0.8, top_k=50, top_p=0.95,
                                             max_new_tokens=100)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)
         for f in Path(tokenizer_dir).iterdir():
             if f.is_file():
@@ -122,69 +119,9 @@ def export_hf(model: GPT, tokenizer_dir, out_dir, eot_id: int = EOT_ID, dtype: t
             tcfg = load_json(tcfg_path)
             tcfg["model_max_length"] = model.cfg.block_size
             save_json(tcfg_path, tcfg)
-        from zhgpt.shards import replace_dir
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
-
-# ------------------------------------------------------------------------- ONNX
-
-class _LogitsOnly(torch.nn.Module):
-    """The exported graph: token ids (B, T) -> logits (B, T, V), no cache (T is a dynamic axis)."""
-
-    def __init__(self, model: GPT):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids):
-        return self.model(input_ids)[0]
-
-
-def export_onnx(model: GPT, tokenizer_dir, out_dir, check: bool = True) -> float:
-    """Write out_dir/model.onnx (+ tokenizer, meta.json) with torch.onnx's dynamo exporter and, with
-    ``check``, run it in ONNX Runtime on a fresh input: returns the max abs logit difference to PyTorch."""
-    import warnings
-    try:
-        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
-    except ImportError:
-        raise ZhgptError("--format onnx needs the onnx extra: pip install onnx onnxscript onnxruntime")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.float().cpu().eval()
-    wrapper = _LogitsOnly(model)
-    T = torch.export.Dim("T", min=1, max=model.cfg.block_size)
-    example = torch.zeros(1, min(16, model.cfg.block_size), dtype=torch.long)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=["input_ids"],
-                                    output_names=["logits"], dynamic_shapes={"input_ids": {1: T}}, verbose=False)
-    program.save(str(out_dir / "model.onnx"))
-    tok_out = out_dir / "tokenizer"
-    shutil.rmtree(tok_out, ignore_errors=True)
-    shutil.copytree(tokenizer_dir, tok_out)
-    from dataclasses import asdict
-    save_json(out_dir / "meta.json", {"format": "onnx", "inputs": {"input_ids": "int64 (1, T), T <= block_size"},
-                                      "outputs": {"logits": "float32 (1, T, vocab)"}, "model": asdict(model.cfg)})
-    if not check:
-        return float("nan")
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ZhgptError("the ONNX file was written but cannot be checked: pip install onnxruntime")
-    sess = ort.InferenceSession(str(out_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, model.cfg.vocab_size, (1, max(2, model.cfg.block_size // 2 + 3)), generator=g)
-    got = sess.run(None, {"input_ids": x.numpy()})[0]
-    with torch.no_grad():
-        want = model(x)[0].numpy()
-    return float(abs(got - want).max())
-
-
-# ------------------------------------------------------------------------- import
+# ------------------------------------------------------------------------- reading
 
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
@@ -268,60 +205,3 @@ def load_hf_folder(folder) -> tuple[GPT, dict]:
         raise ZhgptError(f"{folder}: weights do not match config.json (missing {missing[:4]}, unexpected {unexpected[:4]})")
     return model, {"source": str(folder), "kind": "hf", "model_type": mt, "eot_id": eot}
 
-
-# ------------------------------------------------------------------------- zhgpt export
-
-@dataclass
-class ExportConfig:
-    model: str = opt("", "run folder or checkpoint folder to export")
-    out: str = opt("", "output folder (default: MODEL/final for a run, CHECKPOINT-hf for a checkpoint)")
-    dtype: str = opt("fp32", "weight precision of the export", choices=("fp32", "bf16", "fp16"))
-    quantize: str = opt("", "int8: write a dynamically quantised CPU model (int8 linear layers) that "
-                            "`zhgpt generate` loads, instead of a Hugging Face folder", choices=("", "int8"))
-    format: str = opt("hf", "hf: Hugging Face model folder; onnx: model.onnx (token ids -> logits, dynamic "
-                            "length) for ONNX Runtime, checked against PyTorch after export", choices=("hf", "onnx"))
-
-    def __post_init__(self):
-        if not self.model:
-            raise ZhgptError("zhgpt export needs --model (a run folder or a checkpoint folder)")
-
-
-def main(cfg: ExportConfig) -> Path:
-    from zhgpt.checkpoint import TOKENIZER, resolve_model_path, load_for_inference
-    kind, p = resolve_model_path(cfg.model)
-    if kind == "hf":
-        raise ZhgptError(f"{p} is already a Hugging Face model folder; nothing to export")
-    if kind == "int8":
-        raise ZhgptError(f"{p} is already an int8 model; export from the run or checkpoint it came from")
-    model, _, info = load_for_inference(p)
-    run_dir = p.parent.parent
-    is_run = (run_dir / "config.json").is_file()
-    if cfg.quantize == "int8":
-        from zhgpt.quantize import save_int8
-        out = Path(cfg.out) if cfg.out else (run_dir / "final-int8" if is_run else p.with_name(p.name + "-int8"))
-        save_int8(model, p / TOKENIZER, out, eot_id=info.get("eot_id", EOT_ID))
-        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-        print(f"exported int8 model {p} -> {out} ({size / 2**20:.1f} MiB); run it with `zhgpt generate --model {out}`")
-        return out
-    if cfg.format == "onnx":
-        out = Path(cfg.out) if cfg.out else (run_dir / "final-onnx" if is_run else p.with_name(p.name + "-onnx"))
-        diff = export_onnx(model, p / TOKENIZER, out)
-        print(f"exported ONNX model {p} -> {out / 'model.onnx'}; ONNX Runtime logits match PyTorch "
-              f"(max abs diff {diff:.2e})")
-        return out
-    out = Path(cfg.out) if cfg.out else (run_dir / "final" if is_run else p.with_name(p.name + "-hf"))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
-    export_hf(model, p / TOKENIZER, out, eot_id=info.get("eot_id", EOT_ID), dtype=dtype)
-    print(f"exported {p} -> {out}")
-    print(f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r})")
-    return out
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    add_args(p, ExportConfig)
-
-
-def run_cli(args) -> None:
-    cfg = from_args(ExportConfig, args)
-    print(format_config(cfg, "export"))
-    main(cfg)

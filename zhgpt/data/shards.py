@@ -16,9 +16,6 @@ Shards are memory-mapped: opening a 10 GB dataset costs no RAM.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,14 +33,6 @@ DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard: large enough f
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
     """uint16 halves disk and page-cache use while every id fits (vocab <= 65,536)."""
     return np.dtype(np.uint16) if vocab_size <= 2 ** 16 else np.dtype(np.uint32)
-
-
-def file_sha256(path, chunk=1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 class ShardWriter:
@@ -154,14 +143,3 @@ def write_meta(out_dir, meta: dict) -> None:
     save_json(Path(out_dir) / META, meta)
 
 
-def replace_dir(tmp_dir, final_dir) -> None:
-    """Move a fully written folder into place; an interrupted run never leaves a folder that looks complete."""
-    final_dir = Path(final_dir)
-    if final_dir.exists():
-        old = final_dir.with_name(final_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final_dir, old)
-        os.replace(tmp_dir, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, final_dir)

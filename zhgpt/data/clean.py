@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from zhgpt.config import opt
 from zhgpt.errors import ZhgptError
-from zhgpt.neardup import NearDupIndex, mix64
+from zhgpt.data.neardup import NearDupIndex, mix64
 
 # ---------------------------------------------------------------------------------------------
 # Normalisation table.

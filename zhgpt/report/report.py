@@ -232,8 +232,8 @@ def run_params(run: Run) -> int | None:
     model = run.config.get("model")
     if isinstance(model, dict):
         try:
-            from zhgpt.model import ModelConfig
-            from zhgpt.presets import count_params
+            from zhgpt.model.gpt import ModelConfig
+            from zhgpt.model.presets import count_params
             return count_params(ModelConfig(**model))
         except (TypeError, ZhgptError, ImportError):
             return None
@@ -578,7 +578,7 @@ def _token_axis(ax, steps: list, tokens: list):
 def plot_run(run: Run, log_x: bool = False) -> bytes:
     """loss_curve.png as bytes."""
     import matplotlib
-    from zhgpt import fonts
+    from zhgpt.report import fonts
     with matplotlib.rc_context(fonts.cjk_rc()), fonts.quiet_missing_glyphs():
         fig = _figure((10, 7.5))
         ax1, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
@@ -651,7 +651,7 @@ def _short_secs(v: float) -> str:
 def plot_compare(runs: list[Run], labels: list[str], log_x: bool = False) -> bytes:
     """compare.png: val BPC (top) and val loss (bottom) by tokens seen (left) and wall time (right)."""
     import matplotlib
-    from zhgpt import fonts
+    from zhgpt.report import fonts
     with matplotlib.rc_context(fonts.cjk_rc()), fonts.quiet_missing_glyphs():
         fig = _figure((12, 8))
         axes = fig.subplots(2, 2, sharey="row")

@@ -12,7 +12,7 @@ import dataclasses
 
 from zhgpt.config import text_table
 from zhgpt.errors import ZhgptError
-from zhgpt.model import ModelConfig
+from zhgpt.model.gpt import ModelConfig
 
 # name -> (model fields, training defaults that go with the size, one-line description)
 PRESETS: dict[str, tuple[dict, dict, str]] = {

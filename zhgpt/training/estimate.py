@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 from zhgpt.config import add_args, format_config, from_args, opt, parse_size, text_table
 from zhgpt.errors import ZhgptError
-from zhgpt.model import ModelConfig
-from zhgpt.optim import OPTIMIZERS
-from zhgpt.presets import PRESETS, count_params, format_params, get_preset
+from zhgpt.model.gpt import ModelConfig
+from zhgpt.training.optim import OPTIMIZERS
+from zhgpt.model.presets import PRESETS, count_params, format_params, get_preset
 
 GiB = 1024 ** 3
 PRECISIONS = ("fp32", "bf16", "fp16")

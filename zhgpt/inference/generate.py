@@ -11,10 +11,8 @@ import sys
 import warnings
 from dataclasses import dataclass
 
-import torch
-
 from zhgpt.config import add_args, format_config, from_args, opt
-from zhgpt.engine import Engine, SamplingParams
+from zhgpt.model.engine import Engine, SamplingParams
 from zhgpt.errors import ZhgptError
 
 
@@ -59,11 +57,11 @@ def check_prompt(engine: Engine, prompt: str) -> None:
 
 
 def main(cfg: GenerateConfig, params: SamplingParams) -> list[list[str]]:
-    from zhgpt.checkpoint import load_for_inference
-    from zhgpt.evaluate import resolve_device
+    from zhgpt.training.checkpoint import load_for_inference
+    from zhgpt.core.device import DTYPES, resolve_device
 
     device = resolve_device(cfg.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
+    dtype = DTYPES[cfg.dtype]
     model, tok, info = load_for_inference(cfg.model, device, dtype)
     engine = Engine(model, tok, eot_id=info.get("eot_id", 0))
     results = []

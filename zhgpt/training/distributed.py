@@ -109,7 +109,7 @@ class Dist:
                                                               get_optimizer_state_dict)
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         msd = get_model_state_dict(model, options=opts)
-        # ``optimizer``: a zhgpt.optim.Optimizers set; DCP merges its parts into one by-name state dict
+        # ``optimizer``: a zhgpt.training.optim.Optimizers set; DCP merges its parts into one by-name state dict
         osd = get_optimizer_state_dict(model, optimizer.parts, options=opts) if optimizer is not None else None
         return (msd, osd) if self.master else (None, None)
 

@@ -11,7 +11,7 @@ with ``<|endoftext|>`` at id 0 (also bos/eos/unk/pad for ``transformers``):
 * ``char`` -- one token per character seen in the sample (most frequent first) plus the same 256
   byte-fallback tokens for unseen characters: a BPE model with no merges.
 
-Normalisation (NFKC etc.) is *not* part of the tokenizer: ``zhgpt.clean`` does it before text is
+Normalisation (NFKC etc.) is *not* part of the tokenizer: ``zhgpt.data.clean`` does it before text is
 tokenised, and the tokenizer itself round-trips any string exactly.
 
 Numbers below were measured on the built-in corpus on a 2-core machine. Pre-tokenizer experiments:

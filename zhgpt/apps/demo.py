@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zhgpt.config import add_args, format_config, from_args, load_json, opt
-from zhgpt.engine import Engine, SamplingParams
+from zhgpt.model.engine import Engine, SamplingParams
 from zhgpt.errors import ZhgptError
 
 EXAMPLES = ["中国的历史", "人工智能是", "今天天气", "教育的目的", "在科学研究中"]
@@ -126,7 +126,7 @@ class EngineCache:
         self._engines: collections.OrderedDict[str, Engine] = collections.OrderedDict()
 
     def get(self, path: Path) -> Engine:
-        from zhgpt.checkpoint import load_for_inference
+        from zhgpt.training.checkpoint import load_for_inference
         key = str(path)
         if key in self._engines:
             self._engines.move_to_end(key)
@@ -180,13 +180,11 @@ def build_demo(cfg: DemoConfig, engine: Engine | None = None, info: dict | None 
         import gradio as gr
     except ImportError:
         raise ZhgptError("zhgpt demo needs the [serve] extra (gradio is missing): pip install 'zhgpt[serve]'")
-    import torch
-
-    from zhgpt.checkpoint import list_checkpoints, load_for_inference
-    from zhgpt.evaluate import resolve_device
+    from zhgpt.training.checkpoint import list_checkpoints, load_for_inference
+    from zhgpt.core.device import DTYPES, resolve_device
 
     device = resolve_device(cfg.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
+    dtype = DTYPES[cfg.dtype]
     if engine is None:
         if not cfg.model:
             raise ZhgptError("zhgpt demo needs --model (a run folder, a checkpoint folder or an exported HF folder)")

@@ -16,22 +16,21 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from zhgpt.config import (add_args, format_config, load_json, opt, overrides_from_args, parse_duration,
                           save_json)
+from zhgpt.core.device import autocast_ctx, hardware_info, resolve_device, resolve_dtype
 from zhgpt.errors import ZhgptError
-from zhgpt.distributed import Dist
-from zhgpt.model import GPT, ModelConfig
-from zhgpt.optim import OPTIMIZERS, build_optimizers
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from zhgpt.training.distributed import Dist
+from zhgpt.model.gpt import GPT, ModelConfig
+from zhgpt.training.optim import OPTIMIZERS, build_optimizers
 
 DEFAULT_PROMPTS = ["中国的历史", "人工智能是", "今天天气", "教育的目的", "在科学研究中"]
 FINETUNE_LR = 1e-4
@@ -122,38 +121,6 @@ def cache_root() -> Path:
     return Path(home).resolve() / "cache" if home else Path.home() / ".cache" / "zhgpt"
 
 
-def pick_device(name: str) -> str:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ZhgptError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu "
-                         "(or install a CUDA build of torch)")
-    return name
-
-
-def pick_dtype(name: str, device: str) -> torch.dtype:
-    if name == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        # CPUs with native bf16 dot products ran the step 1.3-1.4x faster under bf16 autocast (2-core EPYC,
-        # 2026-11-25) and reached a lower bits/char in the same time (bench/RESULTS.md); elsewhere bf16 is
-        # emulated and slower than fp32.
-        return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else torch.float32
-    return DTYPES[name]
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        caps = torch._C._cpu._get_cpu_capability()   # what oneDNN/ATen dispatch on; private, hence the fallback
-        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def liger_fused_loss(dev_type: str, quiet: bool):
     """Liger's fused linear + cross-entropy (Triton, CUDA only), or None with a note why not."""
     why = None
@@ -169,23 +136,6 @@ def liger_fused_loss(dev_type: str, quiet: bool):
             print(f"zhgpt: note: --liger {why}; using the standard output layer and cross-entropy", flush=True)
         return None
     return LigerFusedLinearCrossEntropyLoss(ignore_index=-1)
-
-
-def hardware_info(device: str) -> dict:
-    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpus"] = torch.cuda.device_count()
-    return info
 
 
 def fmt_time(s: float) -> str:
@@ -228,7 +178,7 @@ def load_prompts(path: str) -> list[str]:
 
 def resolve_config(explicit: dict, model_overrides: dict, device: str) -> tuple[TrainConfig, dict, str]:
     """Merge defaults, preset and explicit flags (or the resumed run's saved config)."""
-    from zhgpt.presets import DEFAULT_CPU_PRESET, DEFAULT_GPU_PRESET, get_preset
+    from zhgpt.model.presets import DEFAULT_CPU_PRESET, DEFAULT_GPU_PRESET, get_preset
 
     if explicit.get("resume"):
         run = Path(explicit["resume"])
@@ -265,7 +215,7 @@ def resolve_config(explicit: dict, model_overrides: dict, device: str) -> tuple[
 def prepare_data(cfg: TrainConfig, quiet: bool, tokenizer_asked: bool = True):
     """A TokenDataset from --data: a prepared folder as is, or sources prepared into the cache.
     ``tokenizer_asked``: the user chose --tokenizer (not just the preset), so a prepared dataset must match it."""
-    from zhgpt.shards import META, TokenDataset
+    from zhgpt.data.shards import META, TokenDataset
 
     if len(cfg.data) == 1 and (Path(cfg.data[0]) / META).is_file():
         ds = TokenDataset(cfg.data[0])
@@ -278,7 +228,7 @@ def prepare_data(cfg: TrainConfig, quiet: bool, tokenizer_asked: bool = True):
                                  f"{asked} was asked for; drop --tokenizer, or prepare the data again with it "
                                  f"(zhgpt data prepare ... --tokenizer {asked})")
         return ds
-    from zhgpt.prepare import DataConfig, main as prepare_main
+    from zhgpt.data.prepare import DataConfig, main as prepare_main
     key = json.dumps([cfg.data, cfg.val_data, cfg.tokenizer, cfg.vocab_size], ensure_ascii=False)
     slug = "-".join(Path(s).name.replace(":", "_") or "data" for s in cfg.data)[:40]
     out = cache_root() / "data" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
@@ -288,7 +238,7 @@ def prepare_data(cfg: TrainConfig, quiet: bool, tokenizer_asked: bool = True):
 
 
 def _same_tokenizer(path: str, ds) -> bool:
-    from zhgpt.tokenizer import tokenizer_hash
+    from zhgpt.data.tokenizer import tokenizer_hash
     return tokenizer_hash(path) == ds.tokenizer_hash
 
 
@@ -299,20 +249,22 @@ def pad_vocab(n: int) -> int:
 
 # ------------------------------------------------------------------------- the run
 
-def main(cfg: TrainConfig, model_overrides: dict | None = None, explicit: dict | None = None) -> Path:
+def main(cfg: TrainConfig, model_overrides: dict | None = None, explicit: dict | None = None,
+         on_finish: Callable[[Path, TrainConfig], None] | None = None) -> Path:
     """Train. ``cfg`` fully resolved when called from tests; from the CLI, ``explicit`` holds the flags
     the user typed so preset defaults can sit between dataclass defaults and flags."""
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     if explicit is not None:
         cfg, model_fields, preset = resolve_config(explicit, model_overrides or {}, device)
     else:
-        from zhgpt.presets import get_preset
+        from zhgpt.model.presets import get_preset
         preset = cfg.preset or "cpu-tiny"
         model_fields = {**get_preset(preset)[0], **(model_overrides or {})}
         cfg = dataclasses.replace(cfg, preset=preset)
     dist = Dist(device, fsdp=cfg.fsdp)
     try:
-        run_dir = _run(cfg, model_fields, preset, dist, tokenizer_asked=explicit is None or "tokenizer" in explicit)
+        run_dir = _run(cfg, model_fields, preset, dist, tokenizer_asked=explicit is None or "tokenizer" in explicit,
+                       on_finish=on_finish)
         # Leave together: a rank that tore gloo down while rank 0 was still writing the end of the run
         # aborted now and then ("terminate called without an active exception", 1 run in ~10 under torchrun).
         dist.barrier()
@@ -321,17 +273,18 @@ def main(cfg: TrainConfig, model_overrides: dict | None = None, explicit: dict |
         dist.close()
 
 
-def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenizer_asked: bool) -> Path:
-    from zhgpt.checkpoint import (latest_good, load_training_state, load_weights, restore_rng,
-                                  save_checkpoint, list_checkpoints)
-    from zhgpt.engine import Engine, SamplingParams
-    from zhgpt.evaluate import autocast_ctx, evaluate_split
-    from zhgpt.loader import TrainBatches
-    from zhgpt.logger import make_logger
+def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenizer_asked: bool,
+         on_finish=None) -> Path:
+    from zhgpt.training.checkpoint import (latest_good, load_training_state, load_weights, restore_rng,
+                                           list_checkpoints)
+    from zhgpt.model.engine import Engine, SamplingParams
+    from zhgpt.training.evaluation import evaluate_split
+    from zhgpt.training.loader import TrainBatches
+    from zhgpt.training.logger import make_logger
 
     device = dist.device
     dev_type = device.split(":")[0]
-    amp_dtype = pick_dtype(cfg.dtype, device)
+    amp_dtype = resolve_dtype(cfg.dtype, device)
     quiet = not dist.master
     if dev_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True   # TF32 matmuls: ~3x faster on Ampere+, loss unchanged
@@ -352,15 +305,15 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
     # ---- fine-tuning source: its weights, shape and tokenizer
     init_model = None
     if cfg.init_from:
-        from zhgpt.checkpoint import TOKENIZER, load_for_inference, resolve_model_path
+        from zhgpt.training.checkpoint import TOKENIZER, load_for_inference, resolve_model_path
         kind, src = resolve_model_path(cfg.init_from)
         if kind == "int8":
             raise ZhgptError(f"--init-from {src}: an int8-quantised model cannot be trained; start from the "
                              "fp32 run or Hugging Face folder it was exported from")
         tok_dir = src if kind == "hf" else src / TOKENIZER
         if (Path(cfg.data[0]) / "meta.json").is_file() and len(cfg.data) == 1:
-            from zhgpt.shards import TokenDataset
-            from zhgpt.tokenizer import tokenizer_hash
+            from zhgpt.data.shards import TokenDataset
+            from zhgpt.data.tokenizer import tokenizer_hash
             if TokenDataset(cfg.data[0]).tokenizer_hash != tokenizer_hash(tok_dir):
                 raise ZhgptError(f"{cfg.data[0]} was tokenised with a different tokenizer than --init-from {src}; "
                                  f"re-tokenise it with the model's: zhgpt data prepare SOURCES --tokenizer {tok_dir} "
@@ -643,13 +596,12 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
                                                                   ("val_loss", "val_bpc", "val_ppl")},
                          "tokens_per_sec": round(state["tokens_seen"] / max(elapsed, 1e-9), 1)})
         if cfg.export:
-            from zhgpt.export import export_hf
+            from zhgpt.model.hf import export_hf
             export_hf(final_model, ds.tokenizer_dir, run_dir / "final")
             run_info["export"] = str(run_dir / "final")
         save_json(run_dir / "run.json", run_info)
-        if cfg.report:
-            from zhgpt.report import ReportConfig, main as report_main
-            report_main(ReportConfig(runs=[str(run_dir)]))
+        if on_finish is not None:
+            on_finish(run_dir, cfg)
         print(f"done: {step} steps, {state['tokens_seen']:,} tokens in {fmt_time(elapsed)} | val loss "
               f"{last_val.get('val_loss', float('nan')):.4f} | {last_val.get('val_bpc', float('nan')):.4f} bits/char")
         print(f"run folder: {run_dir}")
@@ -660,14 +612,14 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
 # ------------------------------------------------------------------------- small pieces
 
 def _load_tok(ds):
-    from zhgpt.tokenizer import load_tokenizer
+    from zhgpt.data.tokenizer import load_tokenizer
     return load_tokenizer(ds.tokenizer_dir)
 
 
 def _save(run_dir, step, model, optimizer, state, elapsed, full_config, ds, metrics, best, keep_last, dist,
           force=False):
     """Checkpoint on rank 0 (all ranks call it: under FSDP gathering the state is a collective)."""
-    from zhgpt.checkpoint import save_checkpoint
+    from zhgpt.training.checkpoint import save_checkpoint
     model_state, optim_state = dist.full_state(model, optimizer)
     state["saved_step"] = step    # on every rank: they must agree on which steps still need a save
     if not dist.master:
@@ -748,8 +700,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     add_args(p, ModelConfig, defaults_none=True, skip=("vocab_size",), group="model (override the preset)")
 
 
-def run_cli(args) -> None:
+def run_cli(args, on_finish: Callable[[Path, TrainConfig], None] | None = None) -> None:
     explicit = overrides_from_args(TrainConfig, args)
     model_overrides = overrides_from_args(ModelConfig, args)
     model_overrides.pop("vocab_size", None)
-    main(TrainConfig(), model_overrides=model_overrides, explicit=explicit)
+    main(TrainConfig(), model_overrides=model_overrides, explicit=explicit, on_finish=on_finish)

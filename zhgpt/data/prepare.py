@@ -5,12 +5,12 @@ Streamed end to end: the corpus is never held in memory. The passes:
 1. (only when a tokenizer is trained) read + clean every document, keep its (hash, chars) in two
    flat arrays to fix the validation split, and keep a bounded, uniform sample of the training
    documents (at most ``--sample-chars``) to train the tokenizer on. With ``--near-dup`` this pass
-   also decides which documents are near-duplicates (``zhgpt.neardup``); pass 2 replays that.
+   also decides which documents are near-duplicates (``zhgpt.data.neardup``); pass 2 replays that.
 2. read + clean again and tokenise in batches with ``encode_batch`` (Rust, parallel, GIL released,
    so the next batch is read and cleaned while the previous one is encoded). Every document's ids
    plus ``<|endoftext|>`` go to one temporary token stream; per document we keep hash, chars,
    tokens and repeats.
-3. split: validation = the documents whose hash is below a threshold (``zhgpt.clean``), train =
+3. split: validation = the documents whose hash is below a threshold (``zhgpt.data.clean``), train =
    the rest, each repeated per its source weight. The stream is copied into
    ``{train,val}_NNNNN.bin`` shards chunk by chunk (memory-mapped), then deleted.
 
@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from array import array
 from collections import Counter, deque
@@ -41,13 +40,14 @@ from typing import Iterator
 
 import numpy as np
 
-from zhgpt import shards
-from zhgpt.clean import Cleaner, CleanOptions, repeats, val_threshold
+from zhgpt.data import shards
+from zhgpt.data.clean import Cleaner, CleanOptions, repeats, val_threshold
 from zhgpt.config import add_args, format_config, from_args, narrow, opt
+from zhgpt.core.files import new_temp_dir, replace_dir
 from zhgpt.errors import ZhgptError
-from zhgpt.neardup import NearDupIndex, mix64
-from zhgpt.sources import ReadOptions, ReadStats, expand_sources, iter_documents
-from zhgpt.tokenizer import (KINDS, default_sample_chars, default_vocab_size, eot_id, load_tokenizer,
+from zhgpt.data.neardup import NearDupIndex, mix64
+from zhgpt.data.sources import ReadOptions, ReadStats, expand_sources, iter_documents
+from zhgpt.data.tokenizer import (KINDS, default_sample_chars, default_vocab_size, eot_id, load_tokenizer,
                              save_tokenizer, tokenizer_hash, tokenizer_kind, train_tokenizer)
 
 # Bump when a change here changes the bytes written for the same inputs (invalidates caches).
@@ -549,11 +549,7 @@ def _prepare_out(out: Path) -> Path:
         raise ZhgptError(f"{out}: folder exists, is not empty and is not a prepared dataset (no meta.json); "
                          "choose a new or empty folder for --out")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)   # mkdtemp makes it private (0700); the dataset is an ordinary folder
+        tmp = new_temp_dir(out)
     except OSError as e:
         raise ZhgptError(f"{out}: cannot write the dataset folder here ({e.strerror or e}); "
                          "choose a writable --out") from None
@@ -680,7 +676,7 @@ def main(cfg: DataConfig) -> Path:
             "config": dataclasses.asdict(cfg), "summary": summary, "cache_key": key,
         }
         shards.write_meta(tmp, meta)
-        shards.replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -3,7 +3,7 @@
     zhgpt tokenizer train corpus/ --out tok/ --kind bpe --vocab-size 32000
     zhgpt tokenizer stats --tokenizer tok/ val.txt
 
-``train`` reads documents through ``zhgpt.sources`` and cleans them like ``zhgpt data prepare``
+``train`` reads documents through ``zhgpt.data.sources`` and cleans them like ``zhgpt data prepare``
 (NFKC, short-document filter, dedup), then trains on the first ``--sample-chars`` characters; reading
 stops there, so a huge corpus costs no more than the sample. (``zhgpt data prepare`` trains on a
 uniform sample of its training split instead, and leaves the validation documents out.)
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from zhgpt.clean import Cleaner, CleanOptions
+from zhgpt.data.clean import Cleaner, CleanOptions
 from zhgpt.config import add_args, format_config, from_args, opt
 from zhgpt.errors import ZhgptError
-from zhgpt.sources import ReadOptions, iter_documents
-from zhgpt.tokenizer import (KINDS, default_sample_chars, load_tokenizer, save_tokenizer, stats,
+from zhgpt.data.sources import ReadOptions, iter_documents
+from zhgpt.data.tokenizer import (KINDS, default_sample_chars, load_tokenizer, save_tokenizer, stats,
                              tokenizer_kind, train_tokenizer)
 
 

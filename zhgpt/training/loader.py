@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from zhgpt.errors import ZhgptError
-from zhgpt.shards import Split
+from zhgpt.data.shards import Split
 
 
 class TrainBatches:

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from zhgpt.config import load_json, save_json
+from zhgpt.core.files import atomic_dir
 from zhgpt.errors import ZhgptError
-from zhgpt.model import GPT, ModelConfig
+from zhgpt.model.gpt import GPT, ModelConfig
 
 WEIGHTS = "model_int8.pt"
 SCHEME = "int8-dynamic"
@@ -36,15 +37,11 @@ def quantize_int8(model: GPT) -> torch.nn.Module:
 
 def save_int8(model: GPT, tokenizer_dir, out_dir, eot_id: int = 0) -> Path:
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     q = quantize_int8(model)
-    torch.save(q.state_dict(), tmp / WEIGHTS)
-    shutil.copytree(tokenizer_dir, tmp / "tokenizer")
-    save_json(tmp / "meta.json", {"quantized": SCHEME, "model": asdict(model.cfg), "eot_id": eot_id})
-    from zhgpt.shards import replace_dir
-    replace_dir(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        torch.save(q.state_dict(), tmp / WEIGHTS)
+        shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        save_json(tmp / "meta.json", {"quantized": SCHEME, "model": asdict(model.cfg), "eot_id": eot_id})
     return out_dir
 
 

@@ -1,81 +1,20 @@
-"""Perplexity and bits per character.
+"""`zhgpt eval --model M FILE...`: perplexity and bits per character of a model on any text.
 
-Per-token loss cannot compare a character vocabulary with a 32k BPE (one BPE token covers ~1.5
-Chinese characters), so the number that compares runs is **bits per character**: the total
-negative log-likelihood of a text in nats, divided by its number of characters and by ln 2.
-
-- ``evaluate_split``: on a prepared validation split (used during training).
-- ``zhgpt eval --model M FILE...``: on any text, read through the same sources/cleaning as the data
-  stage, each document scored with a sliding window so long documents keep context.
+The text is read through the same sources and cleaning as the data stage; each document is scored with a
+sliding window so long documents keep context. The arithmetic (nats -> loss, ppl, bits/char) is the one
+training uses on its validation split (``zhgpt.training.evaluation``).
 """
 from __future__ import annotations
 
 import argparse
-import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from zhgpt.config import add_args, format_config, from_args, opt, text_table
+from zhgpt.core.device import resolve_device
 from zhgpt.errors import ZhgptError
-from zhgpt.loader import eval_windows
-from zhgpt.shards import Split
-
-LN2 = math.log(2)
-
-
-def autocast_ctx(device: str, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
-
-
-@torch.no_grad()
-def sum_nats(model, windows, device: str, amp_dtype=torch.float32, batch_size: int = 16) -> float:
-    """Sum of next-token negative log-likelihoods over (x, y) windows (equal lengths batched together)."""
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    # Group by length so the short tail windows don't force padding.
-    by_len: dict[int, list] = {}
-    for x, y in windows:
-        by_len.setdefault(len(x), []).append((x, y))
-    for group in by_len.values():
-        for i in range(0, len(group), batch_size):
-            chunk = group[i:i + batch_size]
-            x = torch.from_numpy(np.stack([c[0] for c in chunk])).to(device)
-            y = torch.from_numpy(np.stack([c[1] for c in chunk])).to(device)
-            with autocast_ctx(device, amp_dtype):
-                _, loss = model(x, y, reduction="sum")
-            total += float(loss)
-    if was_training:
-        model.train()
-    return total
-
-
-def metrics_from_nats(nats: float, tokens: int, chars: int) -> dict:
-    loss = nats / max(tokens, 1)
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
-            "val_bpc": nats / max(chars, 1) / LN2, "val_tokens": tokens, "val_chars": chars}
-
-
-def evaluate_split(model, split: Split, block_size: int, device: str, amp_dtype=torch.float32,
-                   batch_size: int = 16, max_tokens: int | None = None, rank: int = 0, world_size: int = 1,
-                   reduce=None) -> dict:
-    """Loss, perplexity and BPC on a validation split. With ``max_tokens`` only a prefix is scored and the
-    character count is scaled by the split's chars/token (stated in the result as ``val_partial``)."""
-    windows, n_pred = eval_windows(split, block_size, max_tokens, rank, world_size)
-    nats = sum_nats(model, windows, device, amp_dtype, batch_size)
-    if reduce is not None:          # DDP: add up every rank's share
-        nats = reduce(nats)
-    full = n_pred >= split.tokens - len(split.arrays)
-    chars = split.chars if full else split.chars * n_pred / max(split.tokens, 1)
-    out = metrics_from_nats(nats, n_pred, int(round(chars)))
-    out["val_partial"] = not full
-    return out
-
+from zhgpt.training.evaluation import metrics_from_nats
 
 # ------------------------------------------------------------------------ zhgpt eval
 
@@ -122,9 +61,9 @@ def score_document(model, ids: list[int], block_size: int, stride: int, device: 
 
 @torch.no_grad()
 def main(cfg: EvalConfig) -> list[dict]:
-    from zhgpt.checkpoint import load_for_inference
-    from zhgpt.clean import normalize
-    from zhgpt.sources import ReadOptions, iter_documents
+    from zhgpt.training.checkpoint import load_for_inference
+    from zhgpt.data.clean import normalize
+    from zhgpt.data.sources import ReadOptions, iter_documents
 
     device = resolve_device(cfg.device)
     model, tok, info = load_for_inference(cfg.model, device)
@@ -160,14 +99,6 @@ def format_table(rows: list[dict]) -> str:
     body = [(r["file"], str(r["docs"]), str(r["chars"]), str(r["tokens"]), f"{r['chars'] / max(r['tokens'], 1):.2f}",
              f"{r['loss']:.4f}", f"{r['ppl']:.2f}", f"{r['bpc']:.4f}") for r in rows]
     return text_table([head, *body])
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ZhgptError(f"--device {name} asked for but no CUDA GPU is available; use --device cpu")
-    return name
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

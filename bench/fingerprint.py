@@ -1,0 +1,117 @@
+"""Fingerprint the pipeline's outputs on a fixed seed: shards, tokenizer, checkpoint weights, exports.
+
+Used to show that a change which should not change behaviour (a refactor, a move of modules) leaves
+every artifact byte-identical. It only drives the `zhgpt` command line, so it runs unchanged against
+any version of the package:
+
+    python bench/fingerprint.py --out /tmp/fp-before.json     # on the old commit
+    python bench/fingerprint.py --out /tmp/fp-after.json      # on the new one
+    python bench/fingerprint.py --compare /tmp/fp-before.json /tmp/fp-after.json
+
+Files whose content holds wall-clock times or absolute paths (run.json, metrics, config.json of a
+run, meta.json of a checkpoint) are not hashed; what they describe is covered by the hashed files
+(the weights after N steps depend on every batch, learning rate and optimizer step that came before).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pd1998"
+
+# Deterministic outputs, relative to the work folder. Globs expand to every matching file.
+HASHED = [
+    "data/*.bin", "data/tokenizer/*",
+    "run/checkpoints/step_*/model.safetensors", "run/checkpoints/step_*/tokenizer/*",
+    "run/final/*.safetensors", "run/final/tokenizer*.json", "run/final/config.json",
+    "run/final/generation_config.json", "run/final/special_tokens_map.json",
+    "export_llama/*.safetensors", "export_llama/config.json", "export_int8/model_int8.pt",
+    "generate.txt", "help/*.txt",
+]
+COMMANDS = ["train", "data", "tokenizer", "presets", "generate", "eval", "export", "report", "estimate", "demo",
+            "serve"]
+
+
+def zhgpt(*args: str, cwd: Path, stdout=subprocess.DEVNULL) -> None:
+    env = {**os.environ, "COLUMNS": "100", "ZHGPT_HOME": str(cwd / "home"), "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "zhgpt", *args], cwd=cwd, env=env, check=True, stdout=stdout,
+                   stderr=subprocess.DEVNULL)
+
+
+def make_text(work: Path) -> tuple[Path, Path]:
+    train, val = work / "train.txt", work / "val.txt"
+    for src, dst, n in ((SHARED / "train.txt", train, 2000), (SHARED / "val.txt", val, 100)):
+        with open(src, encoding="utf-8") as f:
+            dst.write_text("".join(line for _, line in zip(range(n), f)), encoding="utf-8")
+    return train, val
+
+
+def build(work: Path) -> None:
+    train, val = make_text(work)
+    zhgpt("data", "prepare", str(train), "--val-source", str(val), "--tokenizer", "bpe", "--vocab-size", "2000",
+          "--out", str(work / "data"), cwd=work)
+    tiny = ["--n-layer", "2", "--n-head", "4", "--n-embd", "64", "--block-size", "64"]
+    common = ["--batch-size", "4", "--eval-every", "10", "--eval-tokens", "2000", "--sample-tokens", "8",
+              "--log", "none", "--no-report", "--seed", "7"]
+    zhgpt("train", "--data", str(work / "data"), "--out", str(work / "run"), "--max-steps", "20", "--preset",
+          "cpu-tiny", "--dtype", "fp32", *tiny, *common, cwd=work)
+    zhgpt("train", "--data", str(work / "data"), "--out", str(work / "llama"), "--max-steps", "10", "--preset",
+          "cpu-tiny", "--arch", "llama", "--qk-norm", "--no-bias", "--dtype", "fp32", "--no-export", *tiny, *common,
+          cwd=work)
+    zhgpt("export", "--model", str(work / "llama"), "--out", str(work / "export_llama"), cwd=work)
+    zhgpt("export", "--model", str(work / "run"), "--quantize", "int8", "--out", str(work / "export_int8"), cwd=work)
+    with open(work / "generate.txt", "w", encoding="utf-8") as f:
+        zhgpt("generate", "--model", str(work / "run"), "--prompt", "中国的", "--max-new-tokens", "16",
+              "--temperature", "0", "--no-stream", cwd=work, stdout=f)
+
+
+def capture_help(work: Path) -> None:
+    """Every subcommand's --help, so a change to what users see is caught too."""
+    (work / "help").mkdir()
+    for cmd in ["", *COMMANDS, "data prepare", "tokenizer train", "tokenizer stats"]:
+        with open(work / "help" / f"{cmd.replace(' ', '_') or 'zhgpt'}.txt", "w", encoding="utf-8") as f:
+            zhgpt(*cmd.split(), "--help", cwd=work, stdout=f)
+
+
+def fingerprint(work: Path) -> dict[str, str]:
+    out = {}
+    for pattern in HASHED:
+        for p in sorted(work.glob(pattern)):
+            if p.is_file():
+                out[str(p.relative_to(work))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", help="write the fingerprint JSON here")
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two fingerprint files")
+    args = ap.parse_args()
+    if args.compare:
+        a, b = (json.loads(Path(p).read_text()) for p in args.compare)
+        diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        for k in diff:
+            print(f"differs: {k}")
+        print(f"{len(a.keys() & b.keys()) - len([k for k in diff if k in a and k in b])} files identical, "
+              f"{len(diff)} differ")
+        sys.exit(1 if diff else 0)
+    with tempfile.TemporaryDirectory(prefix="zhgpt-fp-") as tmp:
+        work = Path(tmp)
+        build(work)
+        capture_help(work)
+        fp = fingerprint(work)
+    text = json.dumps(fp, indent=1, sort_keys=True)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(f"{len(fp)} files fingerprinted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Front ends over the engine: the OpenAI-compatible API (`zhgpt serve`) and the Gradio demo (`zhgpt demo`)."""
