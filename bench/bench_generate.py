@@ -75,7 +75,7 @@ def load_model(arg: str, out: Path, quick: bool):
     run = Path(arg) if arg else find_trained_run()
     if run is None:
         return random_model(out)
-    from zhgpt.training.checkpoint import load_for_inference, resolve_model_path
+    from zhgpt.training.runs import load_for_inference, resolve_model_path
     kind, p = resolve_model_path(run)
     model, tok, info = load_for_inference(run)
     tok_dir = p if kind == "hf" else p / "tokenizer"

@@ -19,7 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zhgpt.training.checkpoint import load_for_inference, resolve_model_path  # noqa: E402
+from zhgpt.training.checkpoint import resolve_model_path  # noqa: E402
+from zhgpt.training.runs import load_for_inference
 from zhgpt.model.engine import Engine, SamplingParams  # noqa: E402
 from zhgpt.inference.evaluate import EvalConfig, main as eval_main  # noqa: E402
 from zhgpt.inference.export import ExportConfig, main as export_main  # noqa: E402

@@ -46,7 +46,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    from zhgpt.training.checkpoint import load_for_inference
+    from zhgpt.training.runs import load_for_inference
     model, tok, info = load_for_inference(tiny["run"])
     return Engine(model, tok), info
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY, TINY_TRAIN, run_cli
-from zhgpt.training.checkpoint import load_for_inference
+from zhgpt.training.runs import load_for_inference
 from zhgpt.model.engine import Engine, SamplingParams
 
 HAN = re.compile(r"[\u4e00-\u9fff]")

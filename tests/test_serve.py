@@ -477,7 +477,7 @@ def _wait_health(srv, pred, timeout=20):
 
 @pytest.fixture(scope="module")
 def gated(tiny):
-    from zhgpt.training.checkpoint import load_for_inference
+    from zhgpt.training.runs import load_for_inference
     from zhgpt.apps.serve import ServeConfig
     model, tok, _ = load_for_inference(tiny["hf"])
     engine = GatedEngine(model, tok)
@@ -564,7 +564,7 @@ def test_32_concurrent_clients(hf_server, oai, tokenizer):
 # ============================================================================ pieces
 
 def test_stream_rows_equals_engine_generate(tiny):
-    from zhgpt.training.checkpoint import load_for_inference
+    from zhgpt.training.runs import load_for_inference
     model, tok, _ = load_for_inference(tiny["hf"])
     engine = Engine(model, tok)
     for stop in ([], ["的"], ["，", "。"]):

@@ -32,6 +32,7 @@ from pathlib import Path
 from zhgpt.config import add_args, format_config, from_args, load_json, opt
 from zhgpt.model.engine import Engine, SamplingParams
 from zhgpt.errors import ZhgptError
+from zhgpt.training.runs import find_run_dir
 
 EXAMPLES = ["中国的历史", "人工智能是", "今天天气", "教育的目的", "在科学研究中"]
 MAX_SAMPLES = 4          # samples per prompt in the Generate tab
@@ -61,17 +62,6 @@ class DemoConfig:
 
 
 # ============================================================================ the run around a model folder
-
-def find_run_dir(model_path) -> Path | None:
-    """The run folder a --model path belongs to (a run, one of its checkpoints, or its final/ export)."""
-    p = Path(model_path).resolve()
-    candidates = [p, p.parent.parent if p.parent.name == "checkpoints" else None,
-                  p.parent if p.name == "final" else None]
-    for cand in candidates:
-        if cand is not None and ((cand / "checkpoints").is_dir() or (cand / "run.json").is_file()):
-            return cand
-    return None
-
 
 def _fmt_count(n) -> str:
     if not isinstance(n, (int, float)):
@@ -126,13 +116,12 @@ class EngineCache:
         self._engines: collections.OrderedDict[str, Engine] = collections.OrderedDict()
 
     def get(self, path: Path) -> Engine:
-        from zhgpt.training.checkpoint import load_for_inference
+        from zhgpt.inference.loading import load_engine
         key = str(path)
         if key in self._engines:
             self._engines.move_to_end(key)
             return self._engines[key]
-        model, tok, info = load_for_inference(path, self.device, self.dtype)
-        self._engines[key] = Engine(model, tok, eot_id=info.get("eot_id", 0))
+        self._engines[key] = load_engine(path, self.device, self.dtype).engine
         while len(self._engines) > self.size:
             self._engines.popitem(last=False)
         return self._engines[key]
@@ -180,16 +169,17 @@ def build_demo(cfg: DemoConfig, engine: Engine | None = None, info: dict | None 
         import gradio as gr
     except ImportError:
         raise ZhgptError("zhgpt demo needs the [serve] extra (gradio is missing): pip install 'zhgpt[serve]'")
-    from zhgpt.training.checkpoint import list_checkpoints, load_for_inference
     from zhgpt.core.device import DTYPES, resolve_device
+    from zhgpt.inference.loading import load_engine
+    from zhgpt.training.checkpoint import list_checkpoints
 
     device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     if engine is None:
         if not cfg.model:
             raise ZhgptError("zhgpt demo needs --model (a run folder, a checkpoint folder or an exported HF folder)")
-        model, tok, info = load_for_inference(cfg.model, device, dtype)
-        engine = Engine(model, tok, eot_id=info.get("eot_id", 0))
+        loaded = load_engine(cfg.model, device, dtype)
+        engine, info = loaded.engine, loaded.info
     info = info or {}
     run_dir = find_run_dir(cfg.model) if cfg.model else None
     checkpoints = {p.name: p for p in list_checkpoints(run_dir)} if run_dir else {}

@@ -79,6 +79,7 @@ from typing import Any, Literal
 from zhgpt.config import add_args, format_config, from_args, load_json, opt
 from zhgpt.model.engine import Engine, SamplingParams
 from zhgpt.errors import ZhgptError
+from zhgpt.training.runs import tokenizer_dir_of
 
 try:  # the [serve] extra; without it `zhgpt serve --help` still works and main() says what to install
     from pydantic import BaseModel, ConfigDict, Field
@@ -364,17 +365,6 @@ class ServedModel:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def tokenizer_dir_of(model_path) -> Path | None:
-    """The folder holding tokenizer.json for a run / checkpoint / HF folder (None if not found)."""
-    from zhgpt.training.checkpoint import TOKENIZER, resolve_model_path
-    try:
-        kind, p = resolve_model_path(model_path)
-    except ZhgptError:
-        return None
-    d = p / TOKENIZER if kind == "checkpoint" else p
-    return d if (d / "tokenizer.json").is_file() else None
-
-
 def load_chat_tokenizer(tok_dir: Path | None):
     """A transformers tokenizer if the folder has a chat template, else None (the plain template is used)."""
     if tok_dir is None:
@@ -395,15 +385,12 @@ def default_model_name(model_path) -> str:
 
 
 def load_model(cfg: ServeConfig) -> ServedModel:
-    from zhgpt.training.checkpoint import load_for_inference
-    from zhgpt.core.device import DTYPES, resolve_device
+    from zhgpt.inference.loading import load_engine
     if not cfg.model:
         raise ZhgptError("zhgpt serve needs --model (a run folder, a checkpoint folder or an exported HF folder)")
-    dtype = DTYPES[cfg.dtype]
-    device = resolve_device(cfg.device)
-    model, tok, info = load_for_inference(cfg.model, device, dtype)
-    engine = Engine(model, tok, eot_id=info.get("eot_id", 0))
-    info = {**info, "device": device, "dtype": cfg.dtype, "params": model.num_params()}
+    loaded = load_engine(cfg.model, cfg.device, cfg.dtype)
+    engine = loaded.engine
+    info = {**loaded.info, "device": loaded.device, "dtype": cfg.dtype, "params": loaded.model.num_params()}
     return ServedModel(engine, cfg.model_name or default_model_name(cfg.model), info,
                        load_chat_tokenizer(tokenizer_dir_of(cfg.model)))
 

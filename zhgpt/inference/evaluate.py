@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 
 from zhgpt.config import add_args, format_config, from_args, opt, text_table
-from zhgpt.core.device import resolve_device
 from zhgpt.errors import ZhgptError
 from zhgpt.training.evaluation import metrics_from_nats
 
@@ -61,12 +60,12 @@ def score_document(model, ids: list[int], block_size: int, stride: int, device: 
 
 @torch.no_grad()
 def main(cfg: EvalConfig) -> list[dict]:
-    from zhgpt.training.checkpoint import load_for_inference
     from zhgpt.data.clean import normalize
     from zhgpt.data.sources import ReadOptions, iter_documents
+    from zhgpt.inference.loading import load_engine
 
-    device = resolve_device(cfg.device)
-    model, tok, info = load_for_inference(cfg.model, device)
+    loaded = load_engine(cfg.model, cfg.device)
+    model, tok, info, device = loaded.model, loaded.tokenizer, loaded.info, loaded.device
     block = model.cfg.block_size
     stride = cfg.stride or max(1, block // 2)
     eot = info.get("eot_id", 0)

@@ -85,7 +85,8 @@ class ExportConfig:
 
 
 def main(cfg: ExportConfig) -> Path:
-    from zhgpt.training.checkpoint import TOKENIZER, resolve_model_path, load_for_inference
+    from zhgpt.training.checkpoint import TOKENIZER
+    from zhgpt.training.runs import resolve_model_path, load_for_inference
     kind, p = resolve_model_path(cfg.model)
     if kind == "hf":
         raise ZhgptError(f"{p} is already a Hugging Face model folder; nothing to export")

@@ -57,13 +57,9 @@ def check_prompt(engine: Engine, prompt: str) -> None:
 
 
 def main(cfg: GenerateConfig, params: SamplingParams) -> list[list[str]]:
-    from zhgpt.training.checkpoint import load_for_inference
-    from zhgpt.core.device import DTYPES, resolve_device
+    from zhgpt.inference.loading import load_engine
 
-    device = resolve_device(cfg.device)
-    dtype = DTYPES[cfg.dtype]
-    model, tok, info = load_for_inference(cfg.model, device, dtype)
-    engine = Engine(model, tok, eot_id=info.get("eot_id", 0))
+    engine = load_engine(cfg.model, cfg.device, cfg.dtype).engine
     results = []
     for prompt in read_prompts(cfg):
         check_prompt(engine, prompt)

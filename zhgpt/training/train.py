@@ -305,7 +305,8 @@ def _run(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenize
     # ---- fine-tuning source: its weights, shape and tokenizer
     init_model = None
     if cfg.init_from:
-        from zhgpt.training.checkpoint import TOKENIZER, load_for_inference, resolve_model_path
+        from zhgpt.training.checkpoint import TOKENIZER
+        from zhgpt.training.runs import load_for_inference, resolve_model_path
         kind, src = resolve_model_path(cfg.init_from)
         if kind == "int8":
             raise ZhgptError(f"--init-from {src}: an int8-quantised model cannot be trained; start from the "

@@ -1,0 +1,43 @@
+"""Load a model for use: the one "resolve the device, load the weights, build the engine" sequence that
+`zhgpt generate`, `zhgpt eval`, the demo and the API share."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from zhgpt.core.device import DTYPES, resolve_device
+from zhgpt.model.engine import Engine
+from zhgpt.training.runs import find_run_dir, load_for_inference
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate: its engine (model + tokenizer), where it came from and how it runs."""
+    engine: Engine
+    info: dict = field(default_factory=dict)   # source, kind (checkpoint/hf/int8), step, metrics, eot_id
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    path: Path | None = None
+
+    @property
+    def model(self):
+        return self.engine.model
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder the model belongs to, if any (for its metrics and checkpoints)."""
+        return find_run_dir(self.path) if self.path is not None else None
+
+
+def load_engine(path, device: str = "auto", dtype: str | torch.dtype = "fp32") -> LoadedModel:
+    """A run, checkpoint, Hugging Face or int8 folder -> LoadedModel on ``device`` ('auto' picks one)."""
+    device = resolve_device(device)
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    model, tok, info = load_for_inference(path, device, dtype)
+    return LoadedModel(Engine(model, tok, eot_id=info.get("eot_id", 0)), info, device, dtype, Path(path))
