@@ -72,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_estimate_gpu: no CUDA device here; run it on a machine with a GPU "
-              "(the estimate itself is checked on CPU by tests/test_estimate.py)")
+              "(the estimate itself is checked on CPU by tests/training/test_estimate.py)")
         sys.exit(0)
     if args.quick:
         args.presets, args.batches = ["cpu-tiny", "small"], [4]

@@ -257,47 +257,43 @@ def calibrate(recipes: dict[str, dict], rounds: int) -> dict[str, dict]:
     On a busy host the wall time of a 2-thread step swings 2-8x (an OpenMP team of 2 waits at every op's
     barrier whenever either thread is descheduled), and even the fastest of several rounds can be far off
     for a recipe that never met a quiet moment. One thread's *CPU time* barely depends on the load: the
-    step costs what it costs. So each recipe's step (as zhgpt/train.py does it) and one eval-mode forward
+    step costs what it costs. So each recipe's step (`zhgpt train`'s own train_step) and one eval-mode forward
     run at 1 thread, in rotating order, and their process CPU seconds (fastest round, and across
     invocations: bench/out/quality/calibration.json) divided by THREAD_SPEEDUP give the idle 2-thread
     seconds. The 2-thread wall time of the step is measured in the same rotation; where even its fastest
     round is slower than that estimate, it is used instead (conservative: fewer steps per budget)."""
     import torch
-    from zhgpt.core.device import autocast_ctx
+    from zhgpt.core.device import autocast_ctx, resolve_dtype
+    from zhgpt.training.distributed import Dist
     from zhgpt.training.loader import TrainBatches, eval_windows
-    from zhgpt.model.gpt import GPT, ModelConfig
     from zhgpt.training.optim import build_optimizers
-    from zhgpt.core.device import resolve_dtype as pick_dtype
-    from zhgpt.training.train import pad_vocab, prepare_data
+    from zhgpt.training.step import lm_loss, lr_at, set_lr, train_step
+    from zhgpt.training.setup import build_model
+    from zhgpt.training.train import prepare_data
 
     os.environ["ZHGPT_HOME"] = str(HOME)
     threads0 = torch.get_num_threads()
+    dist = Dist("cpu")
     fns, meta = {}, {}
     for name, rec in recipes.items():
         cfg, mf = resolve_recipe(rec["flags"])
         ds = prepare_data(cfg, quiet=True, tokenizer_asked=True)
-        mcfg = ModelConfig(**{**mf, "vocab_size": pad_vocab(ds.vocab_size)})
-        torch.manual_seed(cfg.seed)
-        model = GPT(mcfg)
-        amp = pick_dtype(cfg.dtype, "cpu")
+        mcfg, model = build_model(cfg, mf, ds, init_model=None, ckpt=None, device="cpu", quiet=True)
+        amp = resolve_dtype(cfg.dtype, "cpu")
         opt = build_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), "cpu")
+        scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
         batches = TrainBatches(ds.split("train"), mcfg.block_size, cfg.batch_size, cfg.grad_accum, cfg.seed)
         val = ds.split("val")
         _, n_pred = eval_windows(val, mcfg.block_size, cfg.eval_tokens or None)
         n_eval_batches = math.ceil(math.ceil(n_pred / mcfg.block_size) / cfg.batch_size)
 
-        def step(threads, model=model, opt=opt, batches=batches, amp=amp, cfg=cfg):
+        def step(threads, model=model, opt=opt, scaler=scaler, batches=batches, amp=amp, cfg=cfg):
+            # `zhgpt train`'s own step: the learning rate of step 0, then train_step on step 0's batches
             torch.set_num_threads(threads)
             model.train()
-            for x, y in batches.step_batches(0):
-                with autocast_ctx("cpu", amp):
-                    _, loss = model(x, y)
-                (loss / cfg.grad_accum).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            for o in opt.parts:
-                o.step()
-            opt.zero_grad()
-            loss.item()
+            set_lr(opt, lr_at(cfg, 0, 0.0))
+            train_step(model, opt, scaler, batches.step_batches(0), lm_loss, device="cpu", amp_dtype=amp,
+                       dist=dist, grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip)
             torch.set_num_threads(threads0)
 
         def fwd(model=model, batches=batches, amp=amp):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -43,11 +42,20 @@ PROMPTS = ["中国的历史", "人工智能是", "今天天气", "教育的目�
 
 
 def tiny_model() -> Path:
-    """The tiny trained run of tests/test_serve.py, built once into bench/out/serve-tiny."""
-    spec = importlib.util.spec_from_file_location("_zhgpt_test_serve", common.REPO / "tests" / "test_serve.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.build_tiny_run(common.OUT / "serve-tiny")["run"]
+    """A tiny GPT trained by `zhgpt train` (2 layers, 64 wide, char tokenizer, 150 steps) on the first 2,000
+    paragraphs of People's Daily, built once into bench/out/serve-tiny/run: the same kind of run the tests use."""
+    run = common.OUT / "serve-tiny" / "run"
+    if (run / "final" / "config.json").is_file():
+        return run
+    text = common.OUT / "serve-tiny" / "train.txt"
+    text.parent.mkdir(parents=True, exist_ok=True)
+    with open(common.PD_TRAIN, encoding="utf-8") as f:
+        text.write_text("".join(line for _, line in zip(range(2000), f)), encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "zhgpt", "train", "--data", str(text), "--tokenizer", "char",
+                    "--vocab-size", "1000", "--out", str(run), "--max-steps", "150", "--n-layer", "2", "--n-head", "4",
+                    "--n-embd", "64", "--block-size", "64", "--batch-size", "8", "--lr", "1e-2", "--eval-every", "50",
+                    "--log", "none", "--no-report"], check=True, stdout=subprocess.DEVNULL)
+    return run
 
 
 def small_model() -> Path:
@@ -68,7 +76,7 @@ def small_model() -> Path:
     cfg = ModelConfig(arch="gpt2", vocab_size=1024, block_size=256, n_layer=4, n_head=4, n_embd=256)
     meta = {"model": dataclasses.asdict(cfg), "train": {}, "eot_id": 0, "tokenizer_hash": "", "metrics": {}}
     save_checkpoint(run, 0, GPT(cfg), None, {"step": 0, "tokens_seen": 0}, meta,
-                    tiny.parent / "tokenizer" if (tiny.parent / "tokenizer").is_dir() else tiny / "final")
+                    list_checkpoints(tiny)[-1] / "tokenizer")
     return run
 
 

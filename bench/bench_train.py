@@ -6,18 +6,18 @@
     python bench/bench_train.py --profile    # + torch.profiler top ops of each model's step
     python bench/bench_train.py --proto      # + prototype changes to the step (see PROTOTYPES)
 
-A step is what zhgpt/train.py does on a CPU: forward (fp32, or under bf16 autocast), loss, backward,
-clip_grad_norm_(1.0), AdamW (decay on matrices only, betas 0.9/0.95, not fused), zero_grad(set_to_none).
-The Hugging Face model gets the same weights (loaded through zhgpt.inference.export, so both compute the same
+A step is zhgpt's own `zhgpt.training.step.train_step`, the one `zhgpt train` runs: forward (fp32, or under
+bf16 autocast), loss, backward, clip_grad_norm_(1.0), AdamW from build_optimizers (decay on matrices only,
+betas 0.9/0.95, not fused on CPU), zero_grad(set_to_none), the loss read back. The Hugging Face model runs
+the same train_step with the same weights (the export mapping of zhgpt.model.hf, so both compute the same
 function: the initial losses are checked equal), the same batch (People's Daily windows), the same
-optimizer and the same thread count; its loss is HF's own (labels=y, shift_labels=y, so it predicts the
-same B*T targets). Every variant is timed in one process in rotating order, so the ratios hold under load.
+optimizer and the same thread count; only its loss_fn differs: HF's own loss (labels=y, shift_labels=y, so
+it predicts the same B*T targets). Every variant is timed in one process in rotating order, so the ratios hold under load.
 Peak memory is measured in a fresh subprocess per variant (VmHWM minus the RSS before the first step).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -39,7 +39,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from zhgpt.model.gpt import GPT, ModelConfig  # noqa: E402
-from zhgpt.training.optim import build_optimizers, param_groups  # noqa: E402
+from zhgpt.training.distributed import Dist  # noqa: E402
+from zhgpt.training.optim import Optimizers, build_optimizers, param_groups  # noqa: E402
+from zhgpt.training.step import lm_loss, train_step  # noqa: E402
 
 # bf16-muon: zhgpt only, what `zhgpt train` does by default on this CPU (bf16 autocast + Muon for the block
 # matrices); the AdamW modes are the like-for-like comparison with Hugging Face.
@@ -105,55 +107,47 @@ def build_hf(zmodel: GPT):
     return hf
 
 
-def optimizer_for(model, fused: bool = False, muon: bool = False):
-    """zhgpt: train.py's optimizers; HF: the same rule (matrices decay; biases, norms, embeddings don't)."""
-    if isinstance(model, GPT):
-        if muon:
-            return build_optimizers(model, "muon", 1e-3, 0.1, (0.9, 0.95), "cpu")
-        groups = param_groups(model, 0.1, muon=False)[1]
-    else:
-        decay, no = [], []
-        for n, p in model.named_parameters():
-            (decay if p.dim() >= 2 and ".wte." not in n and ".wpe." not in n else no).append(p)
-        groups = [{"params": decay, "weight_decay": 0.1}, {"params": no, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), fused=fused or None)
+def optimizer_for(model, fused: bool = False, muon: bool = False) -> Optimizers:
+    """`zhgpt train`'s optimizers (build_optimizers) for both models: HF's GPT-2 parameter names follow the same
+    rule (matrices decay; biases, norms, embeddings don't). ``fused``: a prototype, the CPU fused AdamW kernel
+    (build_optimizers fuses on CUDA only)."""
+    if fused:
+        return Optimizers([torch.optim.AdamW(param_groups(model, 0.1, muon=False)[1], lr=1e-3, betas=(0.9, 0.95),
+                                             fused=True)])
+    return build_optimizers(model, "muon" if muon else "adamw", 1e-3, 0.1, (0.9, 0.95), "cpu")
 
 
-def make_step(model, kind: str, mode: str, x, y, fused_adamw: bool = False, threads: int | None = None):
-    """A closure doing one optimizer step exactly like zhgpt/train.py (grad_accum 1)."""
-    bf16 = "bf16" in mode
+def hf_loss(model, batch):
+    """HF's own loss on the same B*T targets (labels=y, shift_labels=y)."""
+    x, y = batch
+    return model(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
+
+
+def make_step(model, kind: str, mode: str, x, y, fused_adamw: bool = False, threads: int | None = None,
+              loss_fn=None):
+    """A closure doing one optimizer step with zhgpt's own train_step (grad_accum 1, clip 1.0, no fp16 scaler).
+    ``loss_fn(model, batch)`` defaults to zhgpt's LM loss, or HF's for the HF model."""
+    amp = torch.bfloat16 if "bf16" in mode else torch.float32
     fwd = torch.compile(model) if mode.startswith("compile") else model
     opt = optimizer_for(model, fused_adamw, muon=mode.endswith("muon"))
-    parts = getattr(opt, "parts", [opt])
-    params = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = loss_fn or (lm_loss if kind == "zhgpt" else hf_loss)
+    scaler, dist = torch.amp.GradScaler(enabled=False), Dist("cpu")
     model.train()
-
-    def loss_fn():
-        if kind == "zhgpt":
-            return fwd(x, y)[1]
-        return fwd(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
 
     def step():
         prev = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            loss = loss_fn()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for o in parts:
-            o.step()
-            o.zero_grad(set_to_none=True)
-        out = loss.item()        # train.py reads the loss every step
+        loss, _ = train_step(fwd, opt, scaler, [(x, y)], loss_fn, device="cpu", amp_dtype=amp, dist=dist,
+                             grad_accum=1, grad_clip=1.0)
         if threads:
             torch.set_num_threads(prev)
-        return out
+        return loss
 
     return step
 
 
-# ------------------------------------------------------------------------- prototypes (zhgpt copies)
+# ------------------------------------------------------------------------- prototypes (changes to the step)
 
 class ChunkedLinearCE(torch.autograd.Function):
     """lm_head + cross-entropy over row chunks, never holding the (N, V) fp32 logits: each chunk's
@@ -211,9 +205,16 @@ def proto_forward(model: GPT, chunked_ce: bool):
     return fwd
 
 
+def proto_loss(fwd):
+    """A train_step loss_fn calling the prototype's forward (same weights) in place of the model's."""
+    def loss_fn(_, batch):
+        return fwd(*batch)[1]
+    return loss_fn
+
+
 PROTOTYPES = {
     # name: (mode, description)
-    "fused-adamw": ("eager", "AdamW(fused=True) — the CPU fused kernel (train.py passes fused only on CUDA)"),
+    "fused-adamw": ("eager", "AdamW(fused=True) — the CPU fused kernel (build_optimizers fuses only on CUDA)"),
     "fused-adamw-bf16": ("bf16", "bf16 autocast + AdamW(fused=True)"),
     "1-thread": ("eager", "torch.set_num_threads(1) (the other core is busy on a shared host)"),
     "1-thread-bf16": ("bf16", "bf16 autocast with torch.set_num_threads(1)"),
@@ -228,21 +229,10 @@ def make_proto_step(name: str, mfields: dict, x, y):
     mode = PROTOTYPES[name][0]
     fused = "fused" in name
     threads = 1 if name.startswith("1-thread") else None
+    loss_fn = None
     if name.startswith("chunked-ce") or name == "bf16-logits-ce":
-        fwd = proto_forward(model, name.startswith("chunked-ce"))
-        opt = optimizer_for(model, fused)
-        params = list(model.parameters())
-
-        def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                _, loss = fwd(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.item()
-        return step, model
-    return make_step(model, "zhgpt", mode, x, y, fused_adamw=fused, threads=threads), model
+        loss_fn = proto_loss(proto_forward(model, name.startswith("chunked-ce")))
+    return make_step(model, "zhgpt", mode, x, y, fused_adamw=fused, threads=threads, loss_fn=loss_fn), model
 
 
 # ------------------------------------------------------------------------- memory probe (subprocess)
@@ -369,7 +359,7 @@ def bench_shape(name: str, s: dict, modes: list[str], args) -> dict:
     for n, r in res.items():
         kind, mode = n.split(":", 1)
         mem = r.get("mem") or {}
-        rows.append([("zhgpt" if kind == "zhgpt" else "HF GPT2LMHeadModel" if kind == "hf" else f"zhgpt proto"),
+        rows.append([("zhgpt" if kind == "zhgpt" else "HF GPT2LMHeadModel" if kind == "hf" else "zhgpt proto"),
                      mode, f"{r['ms']:,.0f}", f"{r['tps']:,.0f}", f"{r['best_tps']:,.0f}",
                      f"{r['vs_hf_eager'][0]:.2f}x ({r['vs_hf_eager'][1]:.2f}-{r['vs_hf_eager'][2]:.2f})",
                      f"{r['vs_hf_eager_best']:.2f}x",
@@ -444,7 +434,8 @@ def main():
 
     if args.results:
         body = [common.header(info, load0, load1, common.command_line()),
-                f"A step = forward + loss + backward + clip + AdamW + zero_grad, as in zhgpt/train.py. "
+                f"A step = zhgpt.training.step.train_step (what `zhgpt train` runs): forward + loss + backward + clip "
+                f"+ AdamW + zero_grad, for both models. "
                 f"{args.rounds} rounds x {args.steps} steps per variant after 2 warm-up steps, variants in rotating "
                 "order in one process; ms/step and tokens/s are medians over rounds, 'best round' is the fastest "
                 "round (closest to an idle machine), ratios are medians of per-round ratios (higher = zhgpt "

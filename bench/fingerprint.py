@@ -4,9 +4,13 @@ Used to show that a change which should not change behaviour (a refactor, a move
 every artifact byte-identical. It only drives the `zhgpt` command line, so it runs unchanged against
 any version of the package:
 
-    python bench/fingerprint.py --out /tmp/fp-before.json     # on the old commit
+    git worktree add /tmp/old OLD_COMMIT
+    python bench/fingerprint.py --src /tmp/old --out /tmp/fp-before.json     # the old commit's code
     python bench/fingerprint.py --out /tmp/fp-after.json      # on the new one
     python bench/fingerprint.py --compare /tmp/fp-before.json /tmp/fp-after.json
+
+Exit status 1 when an artifact differs or a flag disappeared. A changed --help is listed but is not a failure: a refactor may
+reword or regroup flags on purpose (check the list against what was meant to change).
 
 Files whose content holds wall-clock times or absolute paths (run.json, metrics, config.json of a
 run, meta.json of a checkpoint) are not hashed; what they describe is covered by the hashed files
@@ -18,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,10 +43,22 @@ COMMANDS = ["train", "data", "tokenizer", "presets", "generate", "eval", "export
             "serve"]
 
 
+ZHGPT = [sys.executable, "-m", "zhgpt"]
+
+
+def use_source(src: str) -> None:
+    """Run the zhgpt found in folder ``src`` (e.g. a `git worktree` of an older commit) instead of the
+    installed one: the editable install's import hook is taken off sys.meta_path so ``src`` wins."""
+    boot = ("import runpy, sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in "
+            f"type(f).__module__.lower()]; sys.path.insert(0, {str(Path(src).resolve())!r}); "
+            "sys.argv[0] = 'zhgpt'; runpy.run_module('zhgpt', run_name='__main__', alter_sys=True)")
+    ZHGPT[:] = [sys.executable, "-c", boot]
+
+
 def zhgpt(*args: str, cwd: Path, stdout=subprocess.DEVNULL) -> None:
     env = {**os.environ, "COLUMNS": "100", "ZHGPT_HOME": str(cwd / "home"), "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "zhgpt", *args], cwd=cwd, env=env, check=True, stdout=stdout,
+    subprocess.run([*ZHGPT, *args], cwd=cwd, env=env, check=True, stdout=stdout,
                    stderr=subprocess.DEVNULL)
 
 
@@ -80,8 +97,14 @@ def capture_help(work: Path) -> None:
             zhgpt(*cmd.split(), "--help", cwd=work, stdout=f)
 
 
+def flags_of(help_text: str) -> list[str]:
+    """The long options a --help lists (its usage block), sorted."""
+    return sorted(set(re.findall(r"(?<![\w-])--[a-z0-9][a-z0-9-]*", help_text.split("\n\n")[0])))
+
+
 def fingerprint(work: Path) -> dict[str, str]:
-    out = {}
+    out = {f"flags/{p.stem}": " ".join(flags_of(p.read_text(encoding="utf-8")))
+           for p in sorted((work / "help").glob("*.txt"))}
     for pattern in HASHED:
         for p in sorted(work.glob(pattern)):
             if p.is_file():
@@ -92,16 +115,30 @@ def fingerprint(work: Path) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="write the fingerprint JSON here")
+    ap.add_argument("--src", help="fingerprint the zhgpt in this folder (e.g. a git worktree of an old commit)")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two fingerprint files")
     args = ap.parse_args()
     if args.compare:
         a, b = (json.loads(Path(p).read_text()) for p in args.compare)
-        diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith("flags/"))
+        artifacts = [k for k in diff if not k.startswith("help/")]
+        removed = []
+        for k in sorted(k for k in a if k.startswith("flags/")):
+            gone = set(a[k].split()) - set(b.get(k, "").split())
+            new = set(b.get(k, "").split()) - set(a[k].split())
+            removed += [f"{k[6:]} {f}" for f in sorted(gone)]
+            if new:
+                print(f"flags added: zhgpt {k[6:].replace('_', ' ')}: {' '.join(sorted(new))}")
         for k in diff:
-            print(f"differs: {k}")
-        print(f"{len(a.keys() & b.keys()) - len([k for k in diff if k in a and k in b])} files identical, "
-              f"{len(diff)} differ")
-        sys.exit(1 if diff else 0)
+            print(f"{'help text changed' if k.startswith('help/') else 'DIFFERS'}: {k}")
+        for r in removed:
+            print(f"FLAG REMOVED: {r}")
+        print(f"artifacts: {sum(1 for k in a if not k.startswith(('help/', 'flags/'))) - len(artifacts)} identical, "
+              f"{len(artifacts)} differ; flags removed: {len(removed)}; help: {len(diff) - len(artifacts)} of "
+              f"{sum(1 for k in a if k.startswith('help/'))} subcommands' --help changed")
+        sys.exit(1 if artifacts or removed else 0)
+    if args.src:
+        use_source(args.src)
     with tempfile.TemporaryDirectory(prefix="zhgpt-fp-") as tmp:
         work = Path(tmp)
         build(work)

@@ -77,6 +77,16 @@ def trained_run(pd_dataset, tmp_path_factory):
     return train(cfg, model_overrides=dict(TINY))
 
 
+@pytest.fixture(scope="session")
+def tiny(trained_run):
+    """The same run, as the serve, demo and generate tests take it apart: the run folder, its checkpoints,
+    the tokenizer of its last checkpoint and the Hugging Face export in final/."""
+    from zhgpt.training.layout import TOKENIZER, RunFolder
+    run = RunFolder(trained_run)
+    checkpoints = run.checkpoints()
+    return {"run": run.root, "checkpoints": checkpoints, "tokenizer": checkpoints[-1] / TOKENIZER, "hf": run.final}
+
+
 
 def run_cli(*args, env=None, timeout=300, check=False):
     """Run `python -m zhgpt ARGS` in a subprocess; returns CompletedProcess with text output."""

@@ -113,6 +113,14 @@ def format_config(cfg, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def print_config(*cfgs, titles: tuple[str | None, ...] = ()) -> None:
+    """Print resolved configs at the start of a stage, always to stderr: stdout stays the stage's output
+    (generated text, tables) so that `zhgpt generate ... > out.txt` and pipes get only that."""
+    import sys
+    for i, cfg in enumerate(cfgs):
+        print(format_config(cfg, titles[i] if i < len(titles) else None), file=sys.stderr, flush=True)
+
+
 def text_table(rows: list[tuple | list], right: bool = False) -> str:
     """Rows of strings (the first is the header) as aligned columns with a rule under the header.
     ``right`` right-aligns every column after the first (for tables of numbers)."""

@@ -11,6 +11,3 @@ class ZhgptError(Exception):
 
     exit_code = 2
 
-
-def fail(msg: str) -> "None":
-    raise ZhgptError(msg)

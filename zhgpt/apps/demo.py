@@ -16,7 +16,7 @@ a time: PyTorch already uses every core for one forward, so running two at once 
 
 Offline: analytics are off (GRADIO_ANALYTICS_ENABLED=False, set before gradio is imported), the theme uses
 system fonts only (no Google Fonts request), server-side rendering is off (it would start Node), and the page
-loads nothing from a CDN. tests/test_demo.py loads it in Chromium with every non-loopback host unresolvable and
+loads nothing from a CDN. tests/apps/test_demo.py loads it in Chromium with every non-loopback host unresolvable and
 checks that no request left the machine.
 """
 from __future__ import annotations
@@ -29,10 +29,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zhgpt.config import add_args, format_config, from_args, load_json, opt
-from zhgpt.model.engine import Engine, SamplingParams
+from zhgpt.config import add_args, from_args, load_json, opt, print_config
+from zhgpt.core import fmt
 from zhgpt.errors import ZhgptError
-from zhgpt.training.runs import find_run_dir
+from zhgpt.inference.loading import ModelOptions, load_engine
+from zhgpt.model.engine import Engine, SamplingParams
+from zhgpt.training.layout import find_run_dir
 
 EXAMPLES = ["中国的历史", "人工智能是", "今天天气", "教育的目的", "在科学研究中"]
 MAX_SAMPLES = 4          # samples per prompt in the Generate tab
@@ -46,15 +48,13 @@ CSS = "#output textarea, .compare-out textarea {font-size: 1.05rem; line-height:
 
 
 @dataclass
-class DemoConfig:
-    model: str = opt("", "run folder, checkpoint folder or exported Hugging Face folder")
+class DemoConfig(ModelOptions):
+    """`zhgpt demo`: its own fields below; which model and how to run it come from ModelOptions."""
     host: str = opt("127.0.0.1", "address to bind; 127.0.0.1 = this machine only (0.0.0.0 opens the demo to "
                                  "the network, without any login)")
     port: int = opt(7860, "TCP port")
     share: bool = opt(False, "also create a public *.gradio.live link (sends traffic through Gradio's servers; "
                              "needs internet)")
-    device: str = opt("auto", "cpu, cuda or auto")
-    dtype: str = opt("fp32", "inference precision", choices=("fp32", "bf16", "fp16"))
 
     def __post_init__(self):
         if not 0 < self.port < 65536:
@@ -63,19 +63,10 @@ class DemoConfig:
 
 # ============================================================================ the run around a model folder
 
-def _fmt_count(n) -> str:
-    if not isinstance(n, (int, float)):
-        return "?"
-    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(int(n))
-
-
 def model_facts(engine: Engine, info: dict, run_dir: Path | None) -> list[tuple[str, str]]:
     """(name, value) rows for the facts table: architecture from the model, training from run.json/meta.json."""
     c = engine.model.cfg
-    rows = [("parameters", _fmt_count(engine.model.num_params())),
+    rows = [("parameters", fmt.count(engine.model.num_params())),
             ("architecture", f"{c.arch}, {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide"),
             ("context", f"{c.block_size} tokens"),
             ("vocabulary", f"{engine.tokenizer.get_vocab_size():,} tokens")]
@@ -90,7 +81,7 @@ def model_facts(engine: Engine, info: dict, run_dir: Path | None) -> list[tuple[
     if step is not None:
         rows.append(("checkpoint step", f"{step:,}"))
     if tokens is not None:
-        rows.append(("tokens trained", _fmt_count(tokens)))
+        rows.append(("tokens trained", fmt.count(tokens)))
     if metrics.get("val_bpc") is not None:
         rows.append(("val bits/char", f"{metrics['val_bpc']:.3f}"))
     if metrics.get("val_loss") is not None:
@@ -116,7 +107,6 @@ class EngineCache:
         self._engines: collections.OrderedDict[str, Engine] = collections.OrderedDict()
 
     def get(self, path: Path) -> Engine:
-        from zhgpt.inference.loading import load_engine
         key = str(path)
         if key in self._engines:
             self._engines.move_to_end(key)
@@ -162,36 +152,15 @@ def render(prompt: str, texts: list[str]) -> str:
 
 # ============================================================================ the page
 
-def build_demo(cfg: DemoConfig, engine: Engine | None = None, info: dict | None = None):
-    """The Gradio Blocks (not launched). ``engine`` skips loading ``cfg.model`` (tests)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    try:
-        import gradio as gr
-    except ImportError:
-        raise ZhgptError("zhgpt demo needs the [serve] extra (gradio is missing): pip install 'zhgpt[serve]'")
-    from zhgpt.core.device import DTYPES, resolve_device
-    from zhgpt.inference.loading import load_engine
-    from zhgpt.training.checkpoint import list_checkpoints
+def sampling(max_new, temperature, top_k, top_p, rep, n, seed) -> SamplingParams:
+    """The sliders' values -> SamplingParams (Gradio hands numbers over as floats; seed -1 or empty = random)."""
+    return SamplingParams(max_new_tokens=int(max_new), temperature=float(temperature), top_k=int(top_k),
+                          top_p=float(top_p), repetition_penalty=float(rep), num_return_sequences=int(n),
+                          seed=int(seed) if seed is not None and seed >= 0 else -1)
 
-    device = resolve_device(cfg.device)
-    dtype = DTYPES[cfg.dtype]
-    if engine is None:
-        if not cfg.model:
-            raise ZhgptError("zhgpt demo needs --model (a run folder, a checkpoint folder or an exported HF folder)")
-        loaded = load_engine(cfg.model, device, dtype)
-        engine, info = loaded.engine, loaded.info
-    info = info or {}
-    run_dir = find_run_dir(cfg.model) if cfg.model else None
-    checkpoints = {p.name: p for p in list_checkpoints(run_dir)} if run_dir else {}
-    cache = EngineCache(device, dtype)
-    source = info.get("source") or cfg.model or "model"
-    max_new_limit = max(1, min(1024, engine.block_size * 4))
 
-    def sampling(max_new, temperature, top_k, top_p, rep, n, seed) -> SamplingParams:
-        return SamplingParams(max_new_tokens=int(max_new), temperature=float(temperature), top_k=int(top_k),
-                              top_p=float(top_p), repetition_penalty=float(rep), num_return_sequences=int(n),
-                              seed=int(seed) if seed is not None and seed >= 0 else -1)
-
+def generate_handler(gr, engine: Engine):
+    """The Generate button: the prompt's samples, streamed, and a status line."""
     def generate(prompt, max_new, temperature, top_k, top_p, rep, n, seed):
         try:
             p = sampling(max_new, temperature, top_k, top_p, rep, n, seed)
@@ -199,7 +168,11 @@ def build_demo(cfg: DemoConfig, engine: Engine | None = None, info: dict | None 
             raise gr.Error(str(e))
         for texts, note in sample_stream(engine, prompt or "", p):
             yield render(prompt or "", texts), note
+    return generate
 
+
+def compare_handler(gr, cache: EngineCache, checkpoints: dict[str, Path]):
+    """The Compare button: the prompt through each picked checkpoint in turn, one output box each."""
     def compare(names, prompt, max_new, temperature, seed):
         names = sorted(names or [])[:MAX_COMPARE]
         if not names:
@@ -212,69 +185,105 @@ def build_demo(cfg: DemoConfig, engine: Engine | None = None, info: dict | None 
             text = cache.get(checkpoints[name]).generate(prompt or "", p).texts[0]
             outs[i] = gr.update(visible=True, label=name, value=(prompt or "") + text)
             yield outs
+    return compare
 
+
+def sampling_controls(gr, max_new_limit: int) -> list:
+    """The Generate tab's sliders, in the order ``generate`` takes them (after the prompt)."""
+    with gr.Accordion("Sampling", open=True):
+        with gr.Row():
+            max_new = gr.Slider(1, max_new_limit, step=1, label="max new tokens",
+                                value=min(UI_DEFAULTS["max_new_tokens"], max_new_limit))
+            temperature = gr.Slider(0, 2, value=UI_DEFAULTS["temperature"], step=0.05,
+                                    label="temperature (0 = greedy)")
+            top_k = gr.Slider(0, 200, value=UI_DEFAULTS["top_k"], step=1, label="top-k (0 = off)")
+        with gr.Row():
+            top_p = gr.Slider(0.05, 1, value=UI_DEFAULTS["top_p"], step=0.05, label="top-p")
+            rep = gr.Slider(1.0, 2.0, value=UI_DEFAULTS["repetition_penalty"], step=0.05,
+                            label="repetition penalty")
+            n = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="samples")
+            seed = gr.Number(value=-1, precision=0, label="seed (-1 = random)", elem_id="seed")
+    return [max_new, temperature, top_k, top_p, rep, n, seed]
+
+
+def generate_tab(gr, generate, facts: str, run_dir: Path | None, max_new_limit: int) -> None:
+    with gr.Tab("Generate"):
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="输入开头，模型接着写…", elem_id="prompt")
+                gr.Examples(examples=[[e] for e in EXAMPLES], inputs=[prompt], label="Examples")
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                output = gr.Textbox(label="Output", lines=12, max_lines=30, interactive=False, elem_id="output")
+                status = gr.Markdown(elem_id="status")
+                controls = sampling_controls(gr, max_new_limit)
+            with gr.Column(scale=2):
+                curve = run_dir / "loss_curve.png" if run_dir else None
+                if curve is not None and curve.is_file():
+                    gr.Image(value=str(curve), label="loss curve", interactive=False, format="png")
+                else:
+                    gr.Markdown("*No loss curve: `zhgpt report RUN` writes RUN/loss_curve.png.*")
+                gr.Markdown(facts, elem_id="facts")
+        inputs = [prompt] + controls
+        ev = go.click(generate, inputs, [output, status], concurrency_limit=1, concurrency_id="model")
+        ev2 = prompt.submit(generate, inputs, [output, status], concurrency_limit=1, concurrency_id="model")
+        stop.click(None, None, None, cancels=[ev, ev2])
+
+
+def compare_tab(gr, compare, names: list[str], max_new_limit: int) -> None:
+    with gr.Tab("Compare checkpoints"):
+        if not names:
+            gr.Markdown("No checkpoints to compare: pass a run folder (runs/NAME) that has "
+                        "checkpoints/step_* folders.")
+            return
+        gr.Markdown("The same prompt and seed through several checkpoints of the run: the differences "
+                    "come from training alone.")
+        picked = gr.CheckboxGroup(names, value=default_compare(names), elem_id="compare-pick",
+                                  label=f"checkpoints (at most {MAX_COMPARE})")
+        c_prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=2, elem_id="compare-prompt")
+        with gr.Row():
+            c_max = gr.Slider(1, max_new_limit, value=min(60, max_new_limit), step=1, label="max new tokens")
+            c_temp = gr.Slider(0, 2, value=0.8, step=0.05, label="temperature")
+            c_seed = gr.Number(value=0, precision=0, label="seed")
+        c_go = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+        with gr.Row():
+            outs = [gr.Textbox(visible=False, lines=10, interactive=False, elem_classes="compare-out",
+                               elem_id=f"compare-out-{i}") for i in range(MAX_COMPARE)]
+        c_go.click(compare, [picked, c_prompt, c_max, c_temp, c_seed], outs, concurrency_limit=1,
+                   concurrency_id="model")
+
+
+def build_demo(cfg: DemoConfig, engine: Engine | None = None, info: dict | None = None):
+    """The Gradio Blocks (not launched). ``engine`` skips loading ``cfg.model`` (tests)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio as gr
+    except ImportError:
+        raise ZhgptError("zhgpt demo needs the [serve] extra (gradio is missing): pip install 'zhgpt[serve]'")
+    from zhgpt.core.device import DTYPES, resolve_device
+    from zhgpt.training.layout import list_checkpoints
+
+    device = resolve_device(cfg.device)
+    dtype = DTYPES[cfg.dtype]
+    if engine is None:
+        cfg.require_model("demo")
+        loaded = load_engine(cfg.model, device, dtype)
+        engine, info = loaded.engine, loaded.info
+    info = info or {}
+    run_dir = find_run_dir(cfg.model) if cfg.model else None
+    checkpoints = {p.name: p for p in list_checkpoints(run_dir)} if run_dir else {}
+    source = info.get("source") or cfg.model or "model"
+    title = run_dir.name if run_dir else Path(source).name
+    if run_dir and info.get("kind") == "checkpoint":
+        title += f" · {Path(source).name}"
+    max_new_limit = max(1, min(1024, engine.block_size * 4))
     with gr.Blocks(title="zhgpt demo", analytics_enabled=False) as demo:
-        title = run_dir.name if run_dir else Path(source).name
-        if run_dir and info.get("kind") == "checkpoint":
-            title += f" · {Path(source).name}"
         gr.Markdown(f"## zhgpt · {title}")
-        with gr.Tab("Generate"):
-            with gr.Row():
-                with gr.Column(scale=3):
-                    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="输入开头，模型接着写…",
-                                        elem_id="prompt")
-                    gr.Examples(examples=[[e] for e in EXAMPLES], inputs=[prompt], label="Examples")
-                    with gr.Row():
-                        go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                        stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                    output = gr.Textbox(label="Output", lines=12, max_lines=30, interactive=False,
-                                        elem_id="output")
-                    status = gr.Markdown(elem_id="status")
-                    with gr.Accordion("Sampling", open=True):
-                        with gr.Row():
-                            max_new = gr.Slider(1, max_new_limit, step=1, label="max new tokens",
-                                                value=min(UI_DEFAULTS["max_new_tokens"], max_new_limit))
-                            temperature = gr.Slider(0, 2, value=UI_DEFAULTS["temperature"], step=0.05,
-                                                    label="temperature (0 = greedy)")
-                            top_k = gr.Slider(0, 200, value=UI_DEFAULTS["top_k"], step=1, label="top-k (0 = off)")
-                        with gr.Row():
-                            top_p = gr.Slider(0.05, 1, value=UI_DEFAULTS["top_p"], step=0.05, label="top-p")
-                            rep = gr.Slider(1.0, 2.0, value=UI_DEFAULTS["repetition_penalty"], step=0.05,
-                                            label="repetition penalty")
-                            n = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="samples")
-                            seed = gr.Number(value=-1, precision=0, label="seed (-1 = random)", elem_id="seed")
-                with gr.Column(scale=2):
-                    curve = run_dir / "loss_curve.png" if run_dir else None
-                    if curve is not None and curve.is_file():
-                        gr.Image(value=str(curve), label="loss curve", interactive=False, format="png")
-                    else:
-                        gr.Markdown("*No loss curve: `zhgpt report RUN` writes RUN/loss_curve.png.*")
-                    gr.Markdown(facts_markdown(model_facts(engine, info, run_dir), title), elem_id="facts")
-            inputs = [prompt, max_new, temperature, top_k, top_p, rep, n, seed]
-            ev = go.click(generate, inputs, [output, status], concurrency_limit=1, concurrency_id="model")
-            ev2 = prompt.submit(generate, inputs, [output, status], concurrency_limit=1, concurrency_id="model")
-            stop.click(None, None, None, cancels=[ev, ev2])
-        with gr.Tab("Compare checkpoints"):
-            if not checkpoints:
-                gr.Markdown("No checkpoints to compare: pass a run folder (runs/NAME) that has "
-                            "checkpoints/step_* folders.")
-            else:
-                gr.Markdown("The same prompt and seed through several checkpoints of the run: the differences "
-                            "come from training alone.")
-                names = list(checkpoints)
-                picked = gr.CheckboxGroup(names, value=default_compare(names), elem_id="compare-pick",
-                                          label=f"checkpoints (at most {MAX_COMPARE})")
-                c_prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=2, elem_id="compare-prompt")
-                with gr.Row():
-                    c_max = gr.Slider(1, max_new_limit, value=min(60, max_new_limit), step=1, label="max new tokens")
-                    c_temp = gr.Slider(0, 2, value=0.8, step=0.05, label="temperature")
-                    c_seed = gr.Number(value=0, precision=0, label="seed")
-                c_go = gr.Button("Compare", variant="primary", elem_id="compare-btn")
-                with gr.Row():
-                    outs = [gr.Textbox(visible=False, lines=10, interactive=False, elem_classes="compare-out",
-                                       elem_id=f"compare-out-{i}") for i in range(MAX_COMPARE)]
-                c_go.click(compare, [picked, c_prompt, c_max, c_temp, c_seed], outs, concurrency_limit=1,
-                           concurrency_id="model")
+        generate_tab(gr, generate_handler(gr, engine), facts_markdown(model_facts(engine, info, run_dir), title),
+                     run_dir, max_new_limit)
+        compare_tab(gr, compare_handler(gr, EngineCache(device, dtype), checkpoints), list(checkpoints),
+                    max_new_limit)
     return demo
 
 
@@ -307,5 +316,5 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args) -> None:
     cfg = from_args(DemoConfig, args)
-    print(format_config(cfg, "demo"), file=sys.stderr)
+    print_config(cfg, titles=("demo",))
     main(cfg)

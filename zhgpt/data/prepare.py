@@ -42,7 +42,7 @@ import numpy as np
 
 from zhgpt.data import shards
 from zhgpt.data.clean import Cleaner, CleanOptions, repeats, val_threshold
-from zhgpt.config import add_args, format_config, from_args, narrow, opt
+from zhgpt.config import add_args, from_args, narrow, opt, print_config
 from zhgpt.core.files import new_temp_dir, replace_dir
 from zhgpt.errors import ZhgptError
 from zhgpt.data.neardup import NearDupIndex, mix64
@@ -751,5 +751,5 @@ def run_cli(args) -> None:
         return
     cfg = from_args(DataConfig, args)
     if not cfg.quiet:
-        print(format_config(cfg))
+        print_config(cfg)
     main(cfg)

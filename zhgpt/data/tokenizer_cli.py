@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Iterator
 
 from zhgpt.data.clean import Cleaner, CleanOptions
-from zhgpt.config import add_args, format_config, from_args, opt
+from zhgpt.config import add_args, from_args, narrow, opt, print_config
 from zhgpt.errors import ZhgptError
 from zhgpt.data.sources import ReadOptions, iter_documents
 from zhgpt.data.tokenizer import (KINDS, default_sample_chars, load_tokenizer, save_tokenizer, stats,
                              tokenizer_kind, train_tokenizer)
 
 
-@dataclass
-class TokenizerTrainConfig:
+@dataclass(kw_only=True)
+class TokenizerTrainConfig(ReadOptions, CleanOptions):
+    """`zhgpt tokenizer train`: its own fields below; how documents are read and cleaned is inherited from
+    ReadOptions and CleanOptions, the same flags as `zhgpt data prepare`."""
     sources: list[str] = opt(help="text sources: files, folders, globs, builtin, builtin:people-daily, "
                                   "builtin:reviews", positional=True)
     out: str = opt("", "tokenizer folder to write (required)")
@@ -36,16 +38,6 @@ class TokenizerTrainConfig:
     sample_chars: int | None = opt(None, "train on the first this many characters (default: 10M bpe, "
                                          "4M unigram, 20M char)")
     model_max_length: int = opt(1024, "model_max_length written to tokenizer_config.json")
-    min_chars: int = opt(10, "drop documents shorter than this many characters after cleaning")
-    nfkc: bool = opt(True, "Unicode NFKC normalisation, keeping Chinese punctuation")
-    dedup: bool = opt(True, "drop exact duplicate documents")
-    encoding: str = opt("auto", "text encoding: auto = detect per file, or a Python codec for all files")
-    errors: str = opt("strict", "undecodable bytes: strict = stop, replace = U+FFFD", choices=["strict", "replace"])
-    doc_sep: str = opt("line", "text files: one document per line or blank-line separated",
-                       choices=["line", "blank"])
-    field: str = opt("text", "JSON/JSONL/CSV/parquet field holding the text")
-    skip_bad_lines: bool = opt(False, "skip (and count) broken JSONL/CSV lines instead of stopping")
-    t2s: bool = opt(False, "convert Traditional to Simplified Chinese (OpenCC t2s)")
     quiet: bool = opt(False, "print nothing but errors")
 
     def __post_init__(self):
@@ -61,28 +53,24 @@ class TokenizerTrainConfig:
             raise ZhgptError(f"--vocab-size {self.vocab_size} is too small; use at least 300")
         if self.sample_chars is not None and self.sample_chars < 1:
             raise ZhgptError(f"--sample-chars {self.sample_chars} must be at least 1")
-        self.read_options()
-        self.clean_options()
+        ReadOptions.__post_init__(self)
+        CleanOptions.__post_init__(self)
 
     def read_options(self) -> ReadOptions:
-        return ReadOptions(encoding=self.encoding, errors=self.errors, doc_sep=self.doc_sep, field=self.field,
-                           skip_bad_lines=self.skip_bad_lines, t2s=self.t2s)
+        return narrow(self, ReadOptions)
 
     def clean_options(self) -> CleanOptions:
-        return CleanOptions(min_chars=self.min_chars, nfkc=self.nfkc, dedup=self.dedup)
+        return narrow(self, CleanOptions)
 
 
-@dataclass
-class TokenizerStatsConfig:
+@dataclass(kw_only=True)
+class TokenizerStatsConfig(ReadOptions):
+    """`zhgpt tokenizer stats`: its own fields below; how documents are read is inherited from ReadOptions."""
     files: list[str] = opt(help="text to measure on: files, folders, globs or builtin", positional=True)
     tokenizer: str = opt("", "tokenizer folder, tokenizer.json, dataset or Hugging Face model folder (required)")
     max_chars: int = opt(0, "measure on at most this many characters (0 = all)")
     top: int = opt(20, "how many of the longest tokens to show")
     nfkc: bool = opt(True, "clean the text as `zhgpt data prepare` does (NFKC etc.) before measuring")
-    encoding: str = opt("auto", "text encoding: auto = detect per file, or a Python codec for all files")
-    doc_sep: str = opt("line", "text files: one document per line or blank-line separated",
-                       choices=["line", "blank"])
-    field: str = opt("text", "JSON/JSONL/CSV/parquet field holding the text")
 
     def __post_init__(self):
         if isinstance(self.files, str):
@@ -94,7 +82,7 @@ class TokenizerStatsConfig:
                              "dataset / Hugging Face model folder)")
         if self.max_chars < 0 or self.top < 0:
             raise ZhgptError("--max-chars and --top must be 0 or more")
-        ReadOptions(encoding=self.encoding, doc_sep=self.doc_sep, field=self.field)
+        ReadOptions.__post_init__(self)
 
 
 def _clean_docs(specs, read: ReadOptions, clean: CleanOptions, max_chars: int = 0) -> Iterator[str]:
@@ -139,9 +127,8 @@ def format_stats(s: dict, name: str = "", kind: str = "") -> str:
 
 def stats_main(cfg: TokenizerStatsConfig) -> dict:
     tok = load_tokenizer(cfg.tokenizer)
-    read = ReadOptions(encoding=cfg.encoding, doc_sep=cfg.doc_sep, field=cfg.field)
     clean = CleanOptions(min_chars=0, nfkc=cfg.nfkc, dedup=False)
-    s = stats(tok, _clean_docs(cfg.files, read, clean, cfg.max_chars), top=cfg.top)
+    s = stats(tok, _clean_docs(cfg.files, narrow(cfg, ReadOptions), clean, cfg.max_chars), top=cfg.top)
     if s["docs"] == 0:
         raise ZhgptError(f"{cfg.files[0]}: no text to measure the tokenizer on")
     print(format_stats(s, cfg.tokenizer, tokenizer_kind(cfg.tokenizer)))
@@ -165,7 +152,7 @@ def run_cli(args) -> None:
     if cmd == "train":
         cfg = from_args(TokenizerTrainConfig, args)
         if not cfg.quiet:
-            print(format_config(cfg))
+            print_config(cfg)
         train_main(cfg)
     elif cmd == "stats":
         stats_main(from_args(TokenizerStatsConfig, args))

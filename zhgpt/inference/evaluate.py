@@ -11,29 +11,27 @@ from dataclasses import dataclass
 
 import torch
 
-from zhgpt.config import add_args, format_config, from_args, opt, text_table
+from zhgpt.config import add_args, from_args, narrow, opt, print_config, text_table
+from zhgpt.data.sources import ReadOptions
+from zhgpt.inference.loading import ModelOptions
 from zhgpt.errors import ZhgptError
 from zhgpt.training.evaluation import metrics_from_nats
 
 # ------------------------------------------------------------------------ zhgpt eval
 
-@dataclass
-class EvalConfig:
+@dataclass(kw_only=True)
+class EvalConfig(ReadOptions, ModelOptions):
+    """`zhgpt eval`: its own fields below; the model (ModelOptions) and how the text is read (ReadOptions,
+    the same flags as `zhgpt data prepare`) are inherited."""
     files: list[str] = opt(help="text sources to score (files, folders, globs, builtin:...)", positional=True)
-    model: str = opt("", "run folder, checkpoint folder or exported Hugging Face folder")
     stride: int = opt(0, "sliding-window step in tokens for documents longer than the context "
                          "(0 = half the context: every scored token sees at least half a context of history)")
     batch_size: int = opt(8, "windows per forward pass")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
-    encoding: str = opt("auto", "text encoding of the files (auto = detect per file)")
-    field: str = opt("text", "field to read from jsonl/json/csv/parquet")
-    doc_sep: str = opt("line", "txt files: one document per line (line) or per blank-line block (blank)",
-                       choices=("line", "blank"))
     max_chars: int = opt(0, "score at most this many characters per file (0 = all)")
 
     def __post_init__(self):
-        if not self.model:
-            raise ZhgptError("zhgpt eval needs --model (a run folder, checkpoint or exported model folder)")
+        self.require_model("eval")
+        ReadOptions.__post_init__(self)
         if not self.files:
             raise ZhgptError("zhgpt eval needs at least one text file to score")
 
@@ -61,17 +59,15 @@ def score_document(model, ids: list[int], block_size: int, stride: int, device: 
 @torch.no_grad()
 def main(cfg: EvalConfig) -> list[dict]:
     from zhgpt.data.clean import normalize
-    from zhgpt.data.sources import ReadOptions, iter_documents
-    from zhgpt.inference.loading import load_engine
-
-    loaded = load_engine(cfg.model, cfg.device)
+    from zhgpt.data.sources import iter_documents
+    loaded = cfg.load()
     model, tok, info, device = loaded.model, loaded.tokenizer, loaded.info, loaded.device
     block = model.cfg.block_size
     stride = cfg.stride or max(1, block // 2)
     eot = info.get("eot_id", 0)
     results = []
     for spec in cfg.files:
-        opts = ReadOptions(encoding=cfg.encoding, field=cfg.field, doc_sep=cfg.doc_sep)
+        opts = narrow(cfg, ReadOptions)
         nats, tokens, chars, docs = 0.0, 0, 0, 0
         for doc in iter_documents([spec], opts):
             text = normalize(doc.text)
@@ -106,5 +102,5 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args) -> None:
     cfg = from_args(EvalConfig, args)
-    print(format_config(cfg))
+    print_config(cfg)
     main(cfg)

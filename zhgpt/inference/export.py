@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from zhgpt.config import add_args, format_config, from_args, opt, save_json
+from zhgpt.config import add_args, from_args, opt, print_config, save_json
 from zhgpt.core.device import DTYPES
 from zhgpt.core.files import atomic_dir
 from zhgpt.errors import ZhgptError
@@ -35,7 +35,7 @@ def export_onnx(model: GPT, tokenizer_dir, out_dir, check: bool = True) -> float
     """Write out_dir/model.onnx (+ tokenizer, meta.json) with torch.onnx's dynamo exporter and, with
     ``check``, run it in ONNX Runtime on a fresh input: returns the max abs logit difference to PyTorch."""
     try:
-        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+        import onnxscript  # noqa: F401  # pyflakes: ignore (the dynamo exporter needs it)
     except ImportError:
         raise ZhgptError("--format onnx needs the onnx extra: pip install onnx onnxscript onnxruntime")
     out_dir = Path(out_dir)
@@ -122,5 +122,5 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args) -> None:
     cfg = from_args(ExportConfig, args)
-    print(format_config(cfg, "export"))
+    print_config(cfg, titles=("export",))
     main(cfg)

@@ -6,29 +6,26 @@ Streams tokens to the terminal as they are generated (one sequence), or prints n
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import warnings
 from dataclasses import dataclass
 
-from zhgpt.config import add_args, format_config, from_args, opt
+from zhgpt.config import add_args, from_args, opt, print_config
+from zhgpt.inference.loading import ModelOptions
 from zhgpt.model.engine import Engine, SamplingParams
 from zhgpt.errors import ZhgptError
 
 
 @dataclass
-class GenerateConfig:
-    model: str = opt("", "run folder, checkpoint folder or exported Hugging Face folder")
+class GenerateConfig(ModelOptions):
+    """`zhgpt generate`: its own fields below; which model and how to run it come from ModelOptions."""
     prompt: str = opt("", "text to continue (empty = start a new document)")
     prompt_file: str = opt("", "generate for each line of this UTF-8 file")
     stream: bool = opt(True, "print tokens as they arrive (single sequence only)")
     no_cache: bool = opt(False, "recompute the whole context every token instead of using the KV cache (slow; for checks)")
-    device: str = opt("auto", "cpu, cuda or auto")
-    dtype: str = opt("fp32", "inference precision", choices=("fp32", "bf16", "fp16"))
 
     def __post_init__(self):
-        if not self.model:
-            raise ZhgptError("zhgpt generate needs --model (e.g. --model runs/20260101-120000)")
+        self.require_model("generate")
 
 
 def read_prompts(cfg: GenerateConfig) -> list[str]:
@@ -57,9 +54,7 @@ def check_prompt(engine: Engine, prompt: str) -> None:
 
 
 def main(cfg: GenerateConfig, params: SamplingParams) -> list[list[str]]:
-    from zhgpt.inference.loading import load_engine
-
-    engine = load_engine(cfg.model, cfg.device, cfg.dtype).engine
+    engine = cfg.load().engine
     results = []
     for prompt in read_prompts(cfg):
         check_prompt(engine, prompt)
@@ -90,14 +85,10 @@ def main(cfg: GenerateConfig, params: SamplingParams) -> list[list[str]]:
 def configure_parser(p: argparse.ArgumentParser) -> None:
     add_args(p, GenerateConfig)
     add_args(p, SamplingParams, group="sampling")
-    p.add_argument("--stop", nargs="+", default=None, help="stop when any of these strings is generated")
 
 
 def run_cli(args) -> None:
     cfg = from_args(GenerateConfig, args)
     params = from_args(SamplingParams, args)
-    if args.stop:
-        params = dataclasses.replace(params, stop=list(args.stop))
-    print(format_config(cfg, "generate"), file=sys.stderr)
-    print(format_config(params, "sampling"), file=sys.stderr)
+    print_config(cfg, params, titles=("generate", "sampling"))
     main(cfg, params)

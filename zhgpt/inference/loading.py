@@ -7,9 +7,29 @@ from pathlib import Path
 
 import torch
 
-from zhgpt.core.device import DTYPES, resolve_device
+from zhgpt.config import opt
+from zhgpt.core.device import DTYPE_NAMES, DTYPES, resolve_device
+from zhgpt.errors import ZhgptError
 from zhgpt.model.engine import Engine
-from zhgpt.training.runs import find_run_dir, load_for_inference
+from zhgpt.training.layout import find_run_dir
+from zhgpt.training.runs import load_for_inference
+
+
+@dataclass
+class ModelOptions:
+    """Which model to load and how to run it: the fields every stage that uses a trained model shares
+    (`zhgpt generate`, `zhgpt eval`, `zhgpt demo`, `zhgpt serve`); their configs inherit them."""
+    model: str = opt("", "run folder, checkpoint folder, exported Hugging Face folder or int8 folder")
+    device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto")
+    dtype: str = opt("fp32", "inference precision", choices=DTYPE_NAMES)
+
+    def require_model(self, command: str) -> None:
+        if not self.model:
+            raise ZhgptError(f"zhgpt {command} needs --model (a run folder such as runs/20260101-120000, a "
+                             "checkpoint folder or an exported model folder)")
+
+    def load(self) -> "LoadedModel":
+        return load_engine(self.model, self.device, self.dtype)
 
 
 @dataclass

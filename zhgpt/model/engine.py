@@ -27,7 +27,7 @@ class SamplingParams:
                                           "1.1-1.3 helps small Chinese models that loop)")
     num_return_sequences: int = opt(1, "independent samples for the same prompt")
     seed: int = opt(-1, "random seed for sampling (-1 = random)")
-    stop: list[str] = opt(help="stop when any of these strings is generated", factory=list, cli=False)
+    stop: list[str] = opt(help="stop when any of these strings is generated", factory=list)
     stop_at_eot: bool = opt(True, "stop a sequence at the end-of-text token")
 
     def __post_init__(self):

@@ -231,7 +231,7 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.grad_checkpointing = False
         # Optional fused output layer + loss for training, fused(weight, x (N, C), targets (N,)) -> mean loss,
-        # e.g. Liger's FusedLinearCrossEntropy on CUDA (train.py --liger): it never holds the (N, V) logits.
+        # e.g. Liger's FusedLinearCrossEntropy on CUDA (zhgpt train --liger): it never holds the (N, V) logits.
         self.fused_loss = None
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass
 
-from zhgpt.config import text_table
+from zhgpt.config import add_args, from_args, opt, text_table
+from zhgpt.core import fmt
 from zhgpt.errors import ZhgptError
 from zhgpt.model.gpt import ModelConfig
 
@@ -77,24 +79,36 @@ def count_params(cfg: ModelConfig) -> int:
     return emb + L * per_layer + norm + head
 
 
-def format_params(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-
-
 def preset_table(vocab_size: int | None = None, arch: str = "gpt2") -> str:
     rows = [("preset", "layers", "heads", "hidden", "ctx", "vocab", "params", "description")]
     for name, (model, _, desc) in PRESETS.items():
         cfg = model_config(name, arch=arch, **({"vocab_size": vocab_size} if vocab_size else {}),
                            **({"bias": False, "tie_embeddings": True} if arch == "llama" else {}))
         rows.append((name, str(cfg.n_layer), str(cfg.n_head), str(cfg.n_embd), str(cfg.block_size),
-                     str(cfg.vocab_size), format_params(count_params(cfg)), desc))
+                     str(cfg.vocab_size), fmt.params(count_params(cfg)), desc))
     return text_table(rows)
 
 
+@dataclass
+class PresetsConfig:
+    """`zhgpt presets`: the table of presets, counted for a vocabulary and an architecture."""
+    vocab_size: int | None = opt(None, "count parameters with this vocabulary size")
+    arch: str = opt("gpt2", "architecture to count for", choices=("gpt2", "llama"))
+
+    def __post_init__(self):
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ZhgptError(f"--vocab-size must be positive, got {self.vocab_size}")
+
+
+def main(cfg: PresetsConfig) -> str:
+    table = preset_table(cfg.vocab_size, cfg.arch)
+    print(table)
+    return table
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vocab-size", type=int, default=None, help="count parameters with this vocabulary size")
-    p.add_argument("--arch", choices=("gpt2", "llama"), default="gpt2", help="architecture to count for")
+    add_args(p, PresetsConfig)
 
 
 def run_cli(args) -> None:
-    print(preset_table(args.vocab_size, args.arch))
+    main(from_args(PresetsConfig, args))

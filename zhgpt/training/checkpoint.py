@@ -24,12 +24,8 @@ from zhgpt.config import load_json, save_json
 from zhgpt.core.files import fsync_dir, fsync_files, sha256_file
 from zhgpt.errors import ZhgptError
 from zhgpt.model.gpt import GPT
-
-CKPT_DIR = "checkpoints"
-WEIGHTS = "model.safetensors"
-OPTIM = "optim.pt"
-META = "meta.json"
-TOKENIZER = "tokenizer"
+# The file names are the run-folder layout's, re-exported because every checkpoint user needs them.
+from zhgpt.training.layout import CKPT_DIR, META, OPTIM, TOKENIZER, WEIGHTS, list_checkpoints
 
 
 def state_dict_for_save(model_state: dict, tie_embeddings: bool) -> dict[str, torch.Tensor]:
@@ -119,10 +115,6 @@ def verify(ckpt: Path) -> str | None:
         if sha256_file(p) != info["sha256"]:
             return f"{f} does not match its sha256"
     return None
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(p for p in (Path(run_dir) / CKPT_DIR).glob("step_*") if p.is_dir())
 
 
 def latest_good(run_dir: Path, quiet: bool = False) -> Path | None:

@@ -33,13 +33,15 @@ Assumptions (the numbers a training step of ``zhgpt train`` actually allocates):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 
-from zhgpt.config import add_args, format_config, from_args, opt, parse_size, text_table
+from zhgpt.config import add_args, from_args, opt, overrides_from_args, parse_size, print_config, text_table
+from zhgpt.core import fmt
 from zhgpt.errors import ZhgptError
 from zhgpt.model.gpt import ModelConfig
 from zhgpt.training.optim import OPTIMIZERS
-from zhgpt.model.presets import PRESETS, count_params, format_params, get_preset
+from zhgpt.model.presets import PRESETS, count_params, get_preset
 
 GiB = 1024 ** 3
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -47,20 +49,15 @@ ATTENTIONS = ("flash", "math")
 # Share of --memory we plan to fill: the rest is for the CUDA context (~0.3-0.6 GiB), cuBLAS
 # workspaces and caching-allocator fragmentation, which max_memory_allocated() does not see.
 USABLE_FRACTION = 0.85
-OVERRIDE_FIELDS = ("arch", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "vocab_size")
 
 
 @dataclass
 class EstimateConfig:
     preset: str | None = opt(None, "model preset to estimate (default: a table of all presets)",
                              choices=list(PRESETS))
-    arch: str | None = opt(None, "override the preset's architecture", choices=("gpt2", "llama"))
-    n_layer: int | None = opt(None, "override the number of layers")
-    n_head: int | None = opt(None, "override the number of attention heads")
-    n_kv_head: int | None = opt(None, "override the key/value heads (llama grouped-query attention)")
-    n_embd: int | None = opt(None, "override the hidden size")
-    block_size: int | None = opt(None, "override the context length")
-    vocab_size: int | None = opt(None, "override the vocabulary size (default: the preset's, 32000 for GPU presets)")
+    model: dict = opt(help="ModelConfig fields overriding the preset's, e.g. {'arch': 'llama', 'n_layer': 8} "
+                           "(on the command line: the model flags of `zhgpt train`, --n-layer 8 ...)",
+                      factory=dict, cli=False)
     batch_size: int | None = opt(None, "micro-batch size in sequences (default: the preset's training batch size)")
     seq_len: int | None = opt(None, "tokens per sequence (default: block_size)")
     precision: str = opt("bf16", "fp32, or bf16/fp16 autocast mixed precision with fp32 master weights",
@@ -86,6 +83,9 @@ class EstimateConfig:
             raise ZhgptError(f"--device-tflops must be positive, got {self.device_tflops}")
         if self.memory is not None:
             parse_size(self.memory)   # fail early on "24 gigs"
+        unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(ModelConfig)})
+        if unknown:
+            raise ZhgptError(f"unknown model field(s) {', '.join(unknown)}; see `zhgpt train --help` for the model flags")
 
     @property
     def mixed(self) -> bool:
@@ -128,7 +128,7 @@ def layer_bytes_per_token(cfg: ModelConfig, seq_len: int, mixed: bool, attention
     """Bytes one transformer block saves for backward, per token (multiply by B*T).
 
     Counted op by op from model.py and checked against a saved_tensors_hooks census of the real
-    model (tests/test_estimate.py). a = bytes of a matmul output (2 under autocast, 4 in fp32);
+    model (tests/training/test_estimate.py). a = bytes of a matmul output (2 under autocast, 4 in fp32);
     r = 4, the fp32 residual stream; C = n_embd, Ckv = key/value width, F = MLP hidden, H = heads.
     A gpt2 block with flash attention comes to 2r*C + a*(5C + 2F) + 4H + 16, i.e. 64*C bytes in fp32
     and 36*C under autocast (Korthikanti et al. 2022 count 34*C with 16-bit norms and dropout masks).
@@ -301,22 +301,6 @@ def largest_batch(cfg: ModelConfig, seq_len: int, memory: int, *, precision="bf1
 
 # --- formatting -----------------------------------------------------------------------------------
 
-def fmt_bytes(n: float) -> str:
-    if n >= GiB:
-        return f"{n / GiB:.2f} GiB"
-    return f"{n / 1024 ** 2:.0f} MiB"
-
-
-def fmt_time(s: float) -> str:
-    if s < 1:
-        return f"{s * 1000:.0f} ms"
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
-
-
 def format_estimate(e: Estimate, cfg: EstimateConfig, memory: int | None) -> str:
     m = e.model
     prec = "fp32" if cfg.precision == "fp32" else f"{cfg.precision} autocast, fp32 master weights"
@@ -329,23 +313,23 @@ def format_estimate(e: Estimate, cfg: EstimateConfig, memory: int | None) -> str
     lines = [
         f"model        {e.name or 'custom'}: {m.arch}, {m.n_layer} layers, {m.n_head} heads, {m.n_embd} hidden, "
         f"ctx {m.block_size}, vocab {m.vocab_size}",
-        f"parameters   {e.params:,} ({format_params(e.params)}; {format_params(emb)} in embeddings)",
+        f"parameters   {e.params:,} ({fmt.params(e.params)}; {fmt.params(emb)} in embeddings)",
         f"micro-batch  {e.batch_size} x {e.seq_len} tokens, {prec}, {cfg.attention} attention",
         "memory",
-        f"  weights       {fmt_bytes(e.weights):>11}   {w_desc}",
-        f"  gradients     {fmt_bytes(e.grads):>11}   fp32 (4 B/param)",
-        f"  optimizer     {fmt_bytes(e.optimizer):>11}   {opt_desc}",
-        f"  activations   {fmt_bytes(e.activations):>11}   without gradient checkpointing "
-        f"(logits and loss: {fmt_bytes(e.logits)})",
-        f"                {fmt_bytes(e.activations_ckpt):>11}   with gradient checkpointing",
-        f"  total         {fmt_bytes(e.total):>11}   "
+        f"  weights       {fmt.nbytes(e.weights):>11}   {w_desc}",
+        f"  gradients     {fmt.nbytes(e.grads):>11}   fp32 (4 B/param)",
+        f"  optimizer     {fmt.nbytes(e.optimizer):>11}   {opt_desc}",
+        f"  activations   {fmt.nbytes(e.activations):>11}   without gradient checkpointing "
+        f"(logits and loss: {fmt.nbytes(e.logits)})",
+        f"                {fmt.nbytes(e.activations_ckpt):>11}   with gradient checkpointing",
+        f"  total         {fmt.nbytes(e.total):>11}   "
         f"{'with' if e.grad_checkpointing else 'without'} gradient checkpointing "
         "(peak of one step; add ~0.5 GiB CUDA context)",
     ]
     if memory is not None:
         def fit(b):
             return f"batch {b}" if b else "does not fit even at batch 1"
-        lines.append(f"fits in {fmt_bytes(memory)} ({USABLE_FRACTION:.0%} usable): {fit(e.max_batch)}; "
+        lines.append(f"fits in {fmt.nbytes(memory)} ({USABLE_FRACTION:.0%} usable): {fit(e.max_batch)}; "
                      f"with gradient checkpointing {fit(e.max_batch_ckpt)}")
         if not e.max_batch_ckpt:
             lines.append("  try --optimizer adamw8bit, --precision bf16, a shorter --seq-len or a smaller preset")
@@ -353,9 +337,9 @@ def format_estimate(e: Estimate, cfg: EstimateConfig, memory: int | None) -> str
     lines += [
         f"compute      {e.flops_per_token / 1e9:.2f} GFLOP/token (6N + 12*L*C*T), "
         f"{e.tokens_per_step:,} tokens/step" + (f" ({accum:g} micro-batches)" if accum != 1 else ""),
-        f"time         {fmt_time(e.step_time_s)} per step at {cfg.device_tflops:g} TFLOPS sustained"
+        f"time         {fmt.estimate_time(e.step_time_s)} per step at {cfg.device_tflops:g} TFLOPS sustained"
         + (" (+33% for recomputation)" if e.grad_checkpointing else "")
-        + f"; 1B tokens in {fmt_time(e.step_time_s * 1e9 / e.tokens_per_step)}",
+        + f"; 1B tokens in {fmt.estimate_time(e.step_time_s * 1e9 / e.tokens_per_step)}",
     ]
     return "\n".join(lines)
 
@@ -367,16 +351,16 @@ def format_table(ests: list[Estimate], cfg: EstimateConfig, memory: int | None) 
     rows = [head]
     for e in ests:
         act = e.act_used
-        row = [e.name, format_params(e.params), f"{e.batch_size}x{e.seq_len}", fmt_bytes(e.weights),
-               fmt_bytes(e.grads), fmt_bytes(e.optimizer), fmt_bytes(act), fmt_bytes(e.total),
-               fmt_time(e.step_time_s)]
+        row = [e.name, fmt.params(e.params), f"{e.batch_size}x{e.seq_len}", fmt.nbytes(e.weights),
+               fmt.nbytes(e.grads), fmt.nbytes(e.optimizer), fmt.nbytes(act), fmt.nbytes(e.total),
+               fmt.estimate_time(e.step_time_s)]
         if memory is not None:
             row.append(str(e.max_batch_ckpt if e.grad_checkpointing else e.max_batch))
         rows.append(row)
     note = (f"{cfg.precision} {'autocast with fp32 master weights' if cfg.mixed else ''}, {cfg.optimizer}, "
             f"{'with' if cfg.grad_checkpointing else 'no'} gradient checkpointing, {cfg.attention} attention; "
             f"step time for batch x seq tokens at {cfg.device_tflops:g} TFLOPS sustained"
-            + (f"; max batch in {fmt_bytes(memory)}" if memory is not None else ""))
+            + (f"; max batch in {fmt.nbytes(memory)}" if memory is not None else ""))
     return text_table(rows, right=True) + "\n\n" + note.replace("  ", " ")
 
 
@@ -384,7 +368,7 @@ def format_table(ests: list[Estimate], cfg: EstimateConfig, memory: int | None) 
 
 def model_for(cfg: EstimateConfig, preset: str) -> ModelConfig:
     fields, _ = get_preset(preset)
-    fields.update({k: getattr(cfg, k) for k in OVERRIDE_FIELDS if getattr(cfg, k) is not None})
+    fields.update(cfg.model)
     if fields.get("arch") == "llama":
         # As `zhgpt presets --arch llama` counts them: no biases, tied embeddings.
         fields.setdefault("bias", False)
@@ -413,10 +397,11 @@ def main(cfg: EstimateConfig) -> list[Estimate]:
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     add_args(p, EstimateConfig)
+    add_args(p, ModelConfig, defaults_none=True, group="model (override the preset)")
 
 
 def run_cli(args) -> None:
-    cfg = from_args(EstimateConfig, args)
-    print(format_config(cfg))
+    cfg = from_args(EstimateConfig, args, model=overrides_from_args(ModelConfig, args))
+    print_config(cfg)
     main(cfg)
 

@@ -1,21 +1,12 @@
-"""Run folders and every folder zhgpt writes a model into: one home for their layout and for loading them.
+"""Loading a model from any folder zhgpt writes a model into: a run, a checkpoint, an exported Hugging
+Face folder or an int8 folder (the layout of a run folder is ``zhgpt.training.layout``).
 
-    RUN/config.json          {"train": TrainConfig, "model": ModelConfig, "data": dataset summary}
-    RUN/run.json             status, params, hardware, tokens seen, final metrics (kept up to date)
-    RUN/metrics.jsonl        one record per logged step / evaluation
-    RUN/samples.jsonl        one record per (evaluation, prompt)
-    RUN/tb/                  TensorBoard events
-    RUN/checkpoints/step_*/  see ``zhgpt.training.checkpoint``
-    RUN/final/               Hugging Face model folder (``zhgpt.model.hf``)
-    RUN/loss_curve.png, report.md, report.html   written by ``zhgpt report``
-
-``resolve_model_path`` classifies any --model / --init-from path (a run, a checkpoint, an exported HF
-folder or an int8 folder); ``load_model`` builds the GPT and tokenizer from it. Training (``--init-from``),
-`zhgpt eval/generate/export`, the demo and the API all load through here.
+``resolve_model_path`` classifies any --model / --init-from path; ``load_for_inference`` builds the GPT and
+its tokenizer from it. Training (``--init-from``), `zhgpt eval/generate/export`, the demo and the API all
+load through here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,52 +14,8 @@ import torch
 from zhgpt.config import load_json
 from zhgpt.errors import ZhgptError
 from zhgpt.model.gpt import GPT, ModelConfig
-from zhgpt.training.checkpoint import (CKPT_DIR, META, TOKENIZER, WEIGHTS, best_or_latest, list_checkpoints,
-                                       load_weights)
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """The files of one run folder, by name (nothing is created or read by building one)."""
-    root: Path
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
-
-    config = property(lambda self: self.root / "config.json")
-    info = property(lambda self: self.root / "run.json")
-    metrics = property(lambda self: self.root / "metrics.jsonl")
-    samples = property(lambda self: self.root / "samples.jsonl")
-    tensorboard = property(lambda self: self.root / "tb")
-    checkpoints_dir = property(lambda self: self.root / CKPT_DIR)
-    final = property(lambda self: self.root / "final")
-    loss_curve = property(lambda self: self.root / "loss_curve.png")
-    report_md = property(lambda self: self.root / "report.md")
-    report_html = property(lambda self: self.root / "report.html")
-
-    def is_run(self) -> bool:
-        return self.checkpoints_dir.is_dir() or self.info.is_file()
-
-    def checkpoints(self) -> list[Path]:
-        return list_checkpoints(self.root)
-
-    def read_config(self) -> dict:
-        return load_json(self.config)
-
-    def read_info(self) -> dict:
-        """run.json, or {} for a run that has not written one yet."""
-        return load_json(self.info) if self.info.is_file() else {}
-
-
-def find_run_dir(model_path) -> Path | None:
-    """The run folder a --model path belongs to (a run, one of its checkpoints, or its final/ export)."""
-    p = Path(model_path).resolve()
-    candidates = [p, p.parent.parent if p.parent.name == CKPT_DIR else None,
-                  p.parent if p.name == "final" else None]
-    for cand in candidates:
-        if cand is not None and RunFolder(cand).is_run():
-            return cand
-    return None
+from zhgpt.training.checkpoint import best_or_latest, load_weights
+from zhgpt.training.layout import CKPT_DIR, META, TOKENIZER, WEIGHTS
 
 
 def tokenizer_dir_of(model_path) -> Path | None:

@@ -67,3 +67,20 @@ def test_muon_with_fsdp_is_refused_when_asked_and_replaced_when_from_the_preset(
     assert "using AdamW" in capsys.readouterr().out
     cfg, _, _ = resolve_config({}, {}, "cpu")
     assert cfg.optimizer == "muon"
+
+
+def test_train_step_stops_on_a_non_finite_loss_before_the_weights_move():
+    from zhgpt.training.distributed import Dist
+    from zhgpt.training.step import NonFiniteLoss, train_step
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**CFG))
+    opt = build_optimizers(model, "adamw", 1e-3, 0.1, (0.9, 0.95), "cpu")
+    x = torch.randint(0, CFG["vocab_size"], (2, 8))
+    kw = dict(device="cpu", amp_dtype=torch.float32, dist=Dist("cpu"), grad_accum=2, grad_clip=1.0)
+    scaler = torch.amp.GradScaler(enabled=False)
+    loss, grad_norm = train_step(model, opt, scaler, [(x, x), (x, x)], **kw)
+    assert loss > 0 and float(grad_norm) > 0
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(NonFiniteLoss, match="loss became nan"):
+        train_step(model, opt, scaler, [(x, x), (x, x)], lambda m, b: m(*b)[1] * float("nan"), **kw)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -52,12 +52,63 @@ def test_tiny_model_learns_and_writes_a_complete_run_folder(trained_run):
         assert (run / name).stat().st_size > 1000, name
     html = (run / "report.html").read_text(encoding="utf-8")
     assert "人工智能是" in html and "data:image/png;base64" in html
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    tags = acc.Tags()
+    tags = _tensorboard_tags(run)
     assert {"train/loss", "val/bpc"} <= set(tags["scalars"])
     assert any(t.startswith("samples/") for t in tags["tensors"])
+
+
+def _tensorboard_tags(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(Path(run) / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc.Tags()
+
+
+def test_sample_tags_are_escaped_for_tensorboard(pd_dataset, tmp_path):
+    """Training names each prompt's samples with logger.sample_tag: a "/" in a prompt must not nest the
+    tag one group deeper, and a long prompt is shortened for TensorBoard's tag column."""
+    from zhgpt.training.logger import sample_tag
+    prompt = "城市/乡村：一段很长很长很长很长很长很长很长的提示词"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(prompt + "\n今天天气\n", encoding="utf-8")
+    cfg = TrainConfig(data=[str(pd_dataset)], out=str(tmp_path / "run"), max_steps=1, preset="cpu-tiny",
+                      sample_prompts=str(prompts), **{**TINY_TRAIN, "log": ["tensorboard"], "export": False})
+    run = main(cfg, model_overrides=dict(TINY))
+    # add_text stores a tag T as the tensor "T/text_summary"
+    tags = {t.removesuffix("/text_summary") for t in _tensorboard_tags(run)["tensors"] if t.startswith("samples/")}
+    assert tags == {sample_tag(prompt), "samples/今天天气"}
+    assert sample_tag(prompt) == "samples/城市／乡村：一段很长很长很长很长很长很长很长的提…"
+    assert {s["prompt"] for s in read_jsonl(Path(run) / "samples.jsonl")} == {prompt, "今天天气"}
+
+
+def test_the_loop_trains_on_any_batch_source_and_loss(pd_dataset, tmp_path):
+    """The seam SFT and DPO build on: the same set-up and loop, with the Trainer's batches and loss swapped
+    (here dict batches whose first half of targets is masked, as an SFT source masks the prompt)."""
+    from zhgpt.training.config import resolve_run_config
+    from zhgpt.training.distributed import Dist
+    from zhgpt.training.loop import train
+    from zhgpt.training.setup import setup
+    cfg = TrainConfig(data=[str(pd_dataset)], out=str(tmp_path / "run"), max_steps=3, preset="cpu-tiny",
+                      **{**TINY_TRAIN, "eval_every": 100, "export": False})
+    cfg, model_fields, preset = resolve_run_config(cfg, None, dict(TINY), "cpu")
+    tr = setup(cfg, model_fields, preset, Dist("cpu"), tokenizer_asked=True)
+    lm_batches, seen = tr.batches, []
+
+    class MaskedBatches:
+        def step_batches(self, step):
+            for x, y in lm_batches.step_batches(step):
+                y = y.clone()
+                y[:, :y.shape[1] // 2] = -1
+                seen.append((step, x.shape))
+                yield {"input_ids": x, "labels": y}
+
+    tr.batches = MaskedBatches()
+    tr.loss_fn = lambda model, batch: model(batch["input_ids"], batch["labels"])[1]
+    run = train(tr)
+    assert seen == [(s, (TINY_TRAIN["batch_size"], TINY["block_size"])) for s in range(3)]
+    losses = _losses(run)
+    assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values())
+    assert json.loads((Path(run) / "run.json").read_text())["status"] == "completed"
 
 
 def test_schedule_warms_up_then_anneals_to_min():
@@ -82,6 +133,7 @@ def _losses(run):
     return {m["step"]: m["loss"] for m in read_jsonl(Path(run) / "metrics.jsonl") if "loss" in m}
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_reproduces_the_uninterrupted_run_bitwise(pd_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}   # same thread count in every process: bitwise equality
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
@@ -108,6 +160,7 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run_bitwise(pd_dataset,
     assert a == b     # bitwise: the same floats, not approximately
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_previous(pd_dataset, tmp_path):
     out = tmp_path / "run"
     run_cli(*_train_args(pd_dataset, out, 20, ["--keep-last", "3"]), check=True)
@@ -120,6 +173,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(pd_dataset, tmp_path):
     assert "resuming from" in res.stdout and "step_0000010" in res.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(pd_dataset, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "zhgpt", *_train_args(pd_dataset, out, 100000)],
@@ -138,6 +192,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(pd_dataset, tmp_path):
     assert saved and int(saved[-1].name.split("_")[1]) >= 13
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(pd_dataset, tmp_path):
     res = run_cli(*_train_args(pd_dataset, tmp_path / "run", 40, ["--lr", "1e6", "--warmup-steps", "0",
                                                                    "--grad-clip", "0"]))
@@ -146,6 +201,7 @@ def test_nan_loss_stops_with_a_clear_message(pd_dataset, tmp_path):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_errors(pd_dataset, tmp_path):
     res = run_cli("train", "--preset", "huge", "--out", tmp_path / "x")
     assert res.returncode == 2 and "unknown preset 'huge'" in res.stderr and "cpu-tiny" in res.stderr
@@ -160,6 +216,7 @@ def test_bad_inputs_give_one_line_errors(pd_dataset, tmp_path):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_match_single_process_and_resume_single(pd_dataset, tmp_path, mode):
     """DDP and FSDP2 under torchrun (gloo on CPU): same losses as one process with the same global batch;
@@ -204,6 +261,7 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+@pytest.mark.slow
 def test_ddp_killing_one_rank_ends_the_job_instead_of_hanging(pd_dataset, tmp_path):
     if not Path("/proc").is_dir():
         pytest.skip("needs /proc to find the worker processes")
@@ -242,6 +300,7 @@ def test_out_of_memory_becomes_advice(pd_dataset, tmp_path, monkeypatch):
         main(cfg, model_overrides=dict(TINY))
 
 
+@pytest.mark.slow
 def test_init_from_refuses_a_dataset_tokenised_differently(trained_run, pd_text, tmp_path, zhgpt_home):
     from zhgpt.data.prepare import DataConfig, main as prepare
     train, val = pd_text

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, TINY_TRAIN, run_cli
+from conftest import run_cli
 from zhgpt.training.runs import load_for_inference
 from zhgpt.model.engine import Engine, SamplingParams
 
@@ -29,6 +29,7 @@ def test_generate_cli_streams_chinese(trained_run):
     assert out.startswith("中国的") and len(HAN.findall(out)) > 5
 
 
+@pytest.mark.slow
 def test_generate_cli_n_sequences_and_prompt_file(trained_run, tmp_path):
     pf = tmp_path / "prompts.txt"
     pf.write_text("今天\n经济\n", encoding="utf-8")
@@ -38,6 +39,7 @@ def test_generate_cli_n_sequences_and_prompt_file(trained_run, tmp_path):
     assert res.stdout.count("今天") >= 3 and res.stdout.count("经济") >= 3
 
 
+@pytest.mark.slow
 def test_greedy_with_and_without_kv_cache_identical(trained_run):
     args = ["generate", "--model", trained_run, "--prompt", "人工智能是", "--max-new-tokens", 40, "--temperature", 0]
     cached = run_cli(*args, check=True).stdout
@@ -79,6 +81,7 @@ def test_long_prompt_is_truncated_from_the_left_with_a_warning(engine):
     assert g.truncated_prompt and g.prompt_tokens < 64
 
 
+@pytest.mark.slow
 def test_unknown_characters_in_prompt_warn(trained_run):
     res = run_cli("generate", "--model", trained_run, "--prompt", "😀𠀀", "--max-new-tokens", 5, check=True)
     assert "does not know" in res.stderr
@@ -106,6 +109,7 @@ def test_hf_export_loads_with_auto_classes_with_logit_parity(trained_run):
     assert out.startswith("中国的") and len(HAN.findall(out)) > 5
 
 
+@pytest.mark.slow
 def test_export_cli_and_int8(trained_run, tmp_path, pd_text):
     out = tmp_path / "hf"
     res = run_cli("export", "--model", trained_run, "--out", out, check=True)
@@ -123,6 +127,7 @@ def test_export_cli_and_int8(trained_run, tmp_path, pd_text):
     assert res.returncode == 2 and "int8-quantised model cannot be trained" in res.stderr
 
 
+@pytest.mark.slow
 def test_eval_reports_bits_per_char_close_to_training(trained_run, pd_text):
     _, val = pd_text
     res = run_cli("eval", "--model", trained_run, val, check=True)
@@ -146,6 +151,7 @@ def test_init_from_exported_model_starts_equal_and_keeps_learning(trained_run, p
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
 
 
+@pytest.mark.slow
 def test_onnx_export_runs_in_onnx_runtime_with_parity(trained_run, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

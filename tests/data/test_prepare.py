@@ -313,7 +313,9 @@ def test_cli(pd_text, tmp_path):
     out = tmp_path / "ds"
     r = run_cli("data", "prepare", train, "--out", out, "--tokenizer", "char", "--vocab-size", "2000",
                 "--val-source", val, check=True)
-    assert "[DataConfig]" in r.stdout and "chars/token" in r.stdout and "MB/s" in r.stdout
+    # The resolved config goes to stderr (as in every stage), the summary to stdout.
+    assert "[DataConfig]" in r.stderr and "[DataConfig]" not in r.stdout
+    assert "chars/token" in r.stdout and "MB/s" in r.stdout
     assert TokenDataset(out).splits["val"].docs == len(cleaned(val))
     r = run_cli("data", "prepare", train, "--out", out, "--tokenizer", "char", "--vocab-size", "2000",
                 "--val-source", val, check=True)

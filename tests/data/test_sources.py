@@ -18,12 +18,12 @@ import pytest
 import zstandard
 from opencc import OpenCC
 
-from zhgpt.data import sources
+from zhgpt.data.sources import reader
 from zhgpt.errors import ZhgptError
 from zhgpt.data.sources import (Document, ReadOptions, ReadStats, SourceFile, detect_encoding,
                            expand_sources, iter_documents, strip_pos_tags)
 
-SHARED_PD = Path(__file__).resolve().parents[2] / "shared" / "data" / "pd1998"
+SHARED_PD = Path(__file__).resolve().parents[3] / "shared" / "data" / "pd1998"
 
 # Simplified paragraphs; every character is in GBK and (after s2tw) in Big5.
 PARAS = [
@@ -138,7 +138,7 @@ def test_utf8_file_with_bad_bytes(tmp_path):
 
 
 def test_bad_bytes_after_the_sample_give_exact_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 4096)
     p = tmp_path / "late.txt"
     lines = [f"第{i}行，正常的文字内容。" for i in range(5000)]
     data = "\n".join(lines).encode("utf-8")
@@ -219,7 +219,7 @@ def test_json_streaming_across_tiny_chunks(tmp_path, monkeypatch):
     p.write_text(json.dumps(recs, ensure_ascii=False), "utf-8")
     expected = [r["text"] for r in recs["records"]]
     for chunk in (1, 2, 3, 7, 64, 1000):
-        monkeypatch.setattr(sources, "CHUNK_BYTES", chunk)
+        monkeypatch.setattr(reader, "CHUNK_BYTES", chunk)
         assert texts([p]) == expected, chunk
 
 
@@ -364,6 +364,7 @@ def test_strip_pos_tags():
 
 
 @pytest.mark.skipif(not (SHARED_PD / "train.txt").exists(), reason="needs ../shared/data/pd1998")
+@pytest.mark.slow
 def test_builtin_people_daily_equals_shared_pd1998():
     docs, stats = read(["builtin:people-daily"])
     expected = ((SHARED_PD / "train.txt").read_text("utf-8") + (SHARED_PD / "val.txt").read_text("utf-8")).split("\n")
@@ -476,7 +477,7 @@ def _long_line(n_chars: int) -> str:
 
 
 def test_long_line_is_cut_while_streaming(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 64 * 1024)
+    monkeypatch.setattr(reader, "CHUNK_BYTES", 64 * 1024)
     text = _long_line(1_000_000)                 # ~3 MB of UTF-8, no newline at all
     p = tmp_path / "long.txt"
     p.write_text(text, "utf-8")

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,7 +152,7 @@ MEASURE = textwrap.dedent("""
 
 
 def _measure(batches):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                        os.environ.get("PYTHONPATH", "")]))
     procs = [subprocess.Popen([sys.executable, "-c", MEASURE, str(b)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for b in batches]
@@ -164,6 +165,7 @@ def _measure(batches):
 
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.slow
 def test_estimate_matches_a_real_cpu_training_step():
     """4 layers x 256 hidden, vocab 4096, batch 4 and 8 x 128 tokens, fp32, AdamW. Measured when written
     (2-core CPU, torch 2.13): 119-123 MiB and 183-203 MiB peak growth vs 130 MiB and 195 MiB estimated.
@@ -217,7 +219,7 @@ def test_main_table_and_single_preset(capsys):
         assert f"\n{name} " in out
     assert "activations" in out and "step time" in out
     assert ests[-1].params > 1.4e9                                    # xl
-    ests = E.main(E.EstimateConfig(preset="small", memory="24GB", arch="llama", batch_size=4, seq_len=512,
+    ests = E.main(E.EstimateConfig(preset="small", memory="24GB", model={"arch": "llama"}, batch_size=4, seq_len=512,
                                    tokens_per_step=524288))
     out = capsys.readouterr().out
     assert ests[0].model.arch == "llama" and ests[0].seq_len == 512

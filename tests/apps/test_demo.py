@@ -7,7 +7,6 @@ i.e. the page works offline. Skipped with the reason when Chromium, its driver o
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -25,23 +24,9 @@ from zhgpt.apps.demo import (UI_DEFAULTS, DemoConfig, build_demo, default_compar
                         launch, model_facts, render, sample_stream)
 from zhgpt.model.engine import Engine, SamplingParams                                        # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def _serve_tests():
-    """tests/test_serve.py, for build_tiny_run (one tiny trained model shared by both files)."""
-    spec = importlib.util.spec_from_file_location("_zhgpt_test_serve_helpers",
-                                                  Path(__file__).with_name("test_serve.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return _serve_tests().build_tiny_run(tmp_path_factory.getbasetemp() / "zhgpt-tiny-run")
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +155,7 @@ def chinese_seed(engine, prompt: str) -> tuple[int, str]:
 
 # Gradio 6.31's queue calls pandas options that pandas 3 deprecates; not ours to fix.
 @pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
+@pytest.mark.slow
 def test_browser_generates_chinese(tiny, engine, tmp_path, monkeypatch):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

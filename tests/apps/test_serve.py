@@ -1,25 +1,18 @@
 """`zhgpt serve`: a real uvicorn server on a loopback port, driven by the official `openai` client.
 
-The model is a tiny GPT trained for a few seconds on People's Daily text (so answers are Chinese
-characters, not noise), saved the way training saves it (run folder with checkpoints, run.json and an
-HF export in final/). `build_tiny_run` is shared with tests/test_demo.py and bench/bench_serve.py.
+The model is the test session's tiny run (``tiny`` in conftest.py): a GPT trained by `zhgpt train` on People's
+Daily text, so answers are Chinese characters, not noise, in a real run folder (checkpoints, run.json, the
+Hugging Face export in final/).
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
-import json
-import math
 import shutil
-import sys
 import threading
 import time
-import types
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi", reason="needs the [serve] extra (fastapi, uvicorn, openai)")
 pytest.importorskip("uvicorn", reason="needs the [serve] extra")
@@ -27,158 +20,6 @@ openai = pytest.importorskip("openai", reason="needs the [serve] extra")
 httpx = pytest.importorskip("httpx", reason="needs the [serve] extra")
 
 from zhgpt.model.engine import Engine, SamplingParams   # noqa: E402
-from zhgpt.model.gpt import GPT, ModelConfig          # noqa: E402
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pd1998" / "train.txt"
-# Used when ../shared is not beside the checkout: enough Chinese for a tiny model to emit Chinese characters.
-FALLBACK_TEXT = [
-    "中国的历史源远流长，中华民族创造了灿烂的文化。",
-    "人工智能是计算机科学的一个分支，研究如何让机器像人一样思考。",
-    "今天天气很好，我们一起去公园散步。",
-    "教育的目的是培养全面发展的人才，为国家和社会作出贡献。",
-    "在科学研究中，实验和理论同样重要。",
-    "新华社北京一月一日电，全国各地人民欢度新年。",
-    "经济发展和社会进步是人民生活水平提高的基础。",
-    "我们要坚持改革开放，建设有中国特色社会主义。",
-] * 40
-EOT = "<|endoftext|>"
-
-
-# ============================================================================ the tiny trained model
-
-def _char_tokenizer(lines: list[str], vocab_size: int):
-    """A character-level tokenizers.Tokenizer: the stand-in while zhgpt.data.tokenizer is not there."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    counts = collections.Counter("".join(lines))
-    vocab = {EOT: 0, "<unk>": 1, "\n": 2}
-    for ch, _ in counts.most_common():
-        if len(vocab) >= vocab_size:
-            break
-        vocab.setdefault(ch, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens([AddedToken(EOT, special=True), AddedToken("<unk>", special=True)])
-    return tok
-
-
-def _save_char_tokenizer(tok, out: Path, block_size: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "unk_token": "<unk>",
-        "pad_token": EOT, "model_max_length": block_size, "zhgpt_kind": "char"}, ensure_ascii=False))
-    (out / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": EOT, "eos_token": EOT, "unk_token": "<unk>", "pad_token": EOT}))
-
-
-def _install_tokenizer_shim() -> None:
-    """zhgpt.training.checkpoint.load_for_inference imports zhgpt.data.tokenizer.load_tokenizer; until that module exists,
-    provide the one function it needs (reading tokenizer.json)."""
-    try:
-        import zhgpt.data.tokenizer  # noqa: F401
-        return
-    except ImportError:
-        pass
-    from tokenizers import Tokenizer
-    shim = types.ModuleType("zhgpt.data.tokenizer")
-    shim.load_tokenizer = lambda path: Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
-    sys.modules["zhgpt.data.tokenizer"] = shim
-
-
-def build_tiny_run(root: Path, steps: int = 150, time_budget_s: float = 15.0, block_size: int = 64) -> dict:
-    """Train a tiny GPT on Chinese text and lay it out as a run folder:
-    root/run/{checkpoints/step_*, run.json, loss_curve.png, final/}. Reused if already complete."""
-    run = Path(root) / "run"
-    paths = {"run": run, "tokenizer": Path(root) / "tokenizer", "hf": run / "final"}
-    _install_tokenizer_shim()
-    if (run / "DONE").is_file():
-        from zhgpt.training.checkpoint import list_checkpoints
-        paths["checkpoints"] = list_checkpoints(run)
-        return paths
-    shutil.rmtree(root, ignore_errors=True)
-    from zhgpt.training.checkpoint import list_checkpoints, save_checkpoint
-    from zhgpt.config import save_json
-    from zhgpt.model.hf import export_hf
-
-    if CORPUS.is_file():
-        lines = [x for x in CORPUS.read_text(encoding="utf-8").splitlines() if x.strip()][:2000]
-    else:
-        lines = FALLBACK_TEXT
-    tok_dir = paths["tokenizer"]
-    try:
-        from zhgpt.data.tokenizer import save_tokenizer, train_tokenizer
-        tok = train_tokenizer(lines, "char", 1024, show_progress=False)
-        save_tokenizer(tok, tok_dir, "char", model_max_length=block_size)
-    except ImportError:
-        tok = _char_tokenizer(lines, 1024)
-        _save_char_tokenizer(tok, tok_dir, block_size)
-    known = set(tok.get_vocab())
-    ids: list[int] = []
-    for line in lines:
-        # Characters outside the tiny vocabulary are dropped so the model never learns to emit <unk>/bytes.
-        ids += tok.encode("".join(c for c in line if c in known), add_special_tokens=False).ids + [0]
-    data = torch.tensor(ids)
-    n_val = block_size * 8 + 1
-    train, val = data[:-n_val], data[-n_val:]
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(arch="gpt2", vocab_size=max(tok.get_vocab_size(), 64), block_size=block_size,
-                      n_layer=2, n_head=4, n_embd=64)
-    model = GPT(cfg)
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(0)
-    t0, losses, step = time.time(), [], 0
-    meta = {"model": dataclasses.asdict(cfg), "train": {}, "eot_id": 0, "tokenizer_hash": "", "metrics": {}}
-    batch = 8
-    while step < steps and (time.time() - t0 < time_budget_s or step < 20):
-        ix = torch.randint(0, len(train) - block_size - 1, (batch,), generator=gen)
-        x = torch.stack([train[i:i + block_size] for i in ix])
-        y = torch.stack([train[i + 1:i + block_size + 1] for i in ix])
-        _, loss = model(x, y)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        step += 1
-        losses.append(loss.item())
-        if step == 10:   # an early checkpoint, for the demo's compare tab
-            save_checkpoint(run, step, model, None, {"step": step, "tokens_seen": step * batch * block_size},
-                            meta, tok_dir)
-    model.eval()
-    with torch.no_grad():
-        _, vloss = model(val[:-1].view(8, block_size), val[1:].view(8, block_size))
-    val_bpc = vloss.item() / math.log(2)   # one token per character
-    metrics = {"val_loss": vloss.item(), "val_bpc": val_bpc, "val_ppl": math.exp(vloss.item())}
-    tokens_seen = step * batch * block_size
-    save_checkpoint(run, step, model, None, {"step": step, "tokens_seen": tokens_seen},
-                    {**meta, "metrics": metrics}, tok_dir, best=True)
-    export_hf(model, tok_dir, paths["hf"])
-    save_json(run / "run.json", {"status": "completed", "params": model.num_params(), "steps": step,
-                                 "tokens_seen": tokens_seen, "elapsed_s": round(time.time() - t0, 1),
-                                 "final": metrics})
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(5, 3), dpi=80)
-        ax.plot(range(1, len(losses) + 1), losses)
-        ax.set_xlabel("step")
-        ax.set_ylabel("train loss")
-        fig.tight_layout()
-        fig.savefig(run / "loss_curve.png")
-        plt.close(fig)
-    except ImportError:
-        pass
-    (run / "DONE").write_text("ok\n")
-    paths["checkpoints"] = list_checkpoints(run)
-    return paths
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    # One model per pytest session: both test files (and their module fixtures) reuse the same folder.
-    return build_tiny_run(tmp_path_factory.getbasetemp() / "zhgpt-tiny-run")
-
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny):
@@ -316,8 +157,11 @@ def test_streaming_completion_with_usage(oai, tokenizer):
 
 
 def test_echo(oai):
-    r = oai.completions.create(model="tiny", prompt="中国", max_tokens=4, echo=True)
-    assert r.choices[0].text.startswith("中国")
+    """echo returns the prompt followed by exactly the continuation the same request gives without echo."""
+    kw = dict(model="tiny", prompt="中国", max_tokens=4, temperature=0)
+    plain, echoed = oai.completions.create(**kw), oai.completions.create(**kw, echo=True)
+    assert plain.choices[0].text and echoed.choices[0].text == "中国" + plain.choices[0].text
+    assert echoed.usage.completion_tokens == plain.usage.completion_tokens
 
 
 # ============================================================================ chat
@@ -507,6 +351,7 @@ def test_queue_full_is_429_and_nothing_hangs(gated):
         engine.gate.set()
 
 
+@pytest.mark.slow
 def test_client_that_gives_up_is_not_computed(gated):
     srv, engine = gated
     engine.gate.clear()

@@ -221,10 +221,19 @@ def test_pick_steps_log_spaced():
     assert max(gaps) / min(gaps) < 2.5                       # roughly geometric
 
 
+def loss_table_steps(md: str) -> list[str]:
+    table = md.split("## Loss at selected steps")[1].split("## Sample evolution")[0]
+    return [r.split("|")[1].strip() for r in table.splitlines() if r.startswith("| ") and not r.startswith("| step")]
+
+
 def test_cli_report(run_dir):
     from zhgpt.cli import main as cli_main
-    cli_main(["report", str(run_dir), "--steps", "0", "1600"])
+    cli_main(["report", str(run_dir), "--steps", "0", "1590"])
     assert (run_dir / "report.html").is_file()
+    # --steps picks the loss-table rows, each rounded to the nearest evaluation (1590 -> 1600)
+    assert loss_table_steps((run_dir / "report.md").read_text(encoding="utf-8")) == ["0", "1600"]
+    cli_main(["report", str(run_dir)])
+    assert loss_table_steps((run_dir / "report.md").read_text(encoding="utf-8")) == [str(s) for s in EVAL_STEPS]
 
 
 def _chromium() -> str | None:

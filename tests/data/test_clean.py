@@ -15,7 +15,7 @@ from zhgpt.data.clean import (CleanOptions, Cleaner, HashSet64, doc_hash, is_val
                          val_threshold)
 from zhgpt.errors import ZhgptError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,381 @@
+"""Setting a training run up, in the order it happens: the run folder (and the checkpoint a --resume starts
+from), the fine-tuning source of --init-from, the data, the model, the optimizers, the resumed state, and
+the record of the run (config.json, run.json, the banner, the metric logger).
+
+`setup` does all of it and returns the `Trainer` that the loop's phases (``zhgpt.training.loop``) share.
+A stage that trains on other batches with another loss (SFT, DPO) builds the same object with its own
+``batches`` and ``loss_fn``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zhgpt.config import parse_duration, print_config, save_json
+from zhgpt.core.device import hardware_info, resolve_dtype
+from zhgpt.core.files import atomic_write_text
+from zhgpt.errors import ZhgptError
+from zhgpt.model.gpt import GPT, ModelConfig
+from zhgpt.training.config import DEFAULT_PROMPTS, TrainConfig
+from zhgpt.training.distributed import Dist
+from zhgpt.training.logger import Logger
+from zhgpt.training.optim import Optimizers, build_optimizers
+from zhgpt.training.layout import RunFolder
+from zhgpt.training.step import BatchSource, Limits, LossFn, lm_loss
+
+
+def artifact_root() -> Path:
+    return Path(os.environ.get("ZHGPT_HOME") or ".").resolve()
+
+
+def cache_root() -> Path:
+    home = os.environ.get("ZHGPT_HOME")
+    return Path(home).resolve() / "cache" if home else Path.home() / ".cache" / "zhgpt"
+
+
+@dataclass
+class Sampler:
+    """The samples written at every evaluation: fixed prompts, settings and seed, comparable across steps."""
+    prompts: list[str]
+    engine: object              # zhgpt.model.engine.Engine on the raw model
+    params: object              # zhgpt.model.engine.SamplingParams
+
+
+@dataclass
+class Trainer:
+    """What the phases of a run share. ``state`` is what a checkpoint saves and a resume restores:
+    step, tokens_seen, elapsed_s, best_val (and saved_step, the last step checkpointed)."""
+    cfg: TrainConfig
+    mcfg: ModelConfig
+    dist: Dist
+    run: RunFolder
+    ds: object                  # zhgpt.data.shards.TokenDataset: tokenizer, eot id, validation split
+    val_split: object
+    model: torch.nn.Module      # what the step runs: DDP-wrapped and/or compiled
+    raw_model: GPT              # the module itself (sharded in place under FSDP): evaluation, samples, saving
+    optimizer: Optimizers
+    scaler: torch.amp.GradScaler
+    batches: BatchSource
+    limits: Limits
+    state: dict
+    logger: Logger
+    sampler: Sampler
+    full_config: dict
+    run_info: dict
+    amp_dtype: torch.dtype
+    loss_fn: LossFn = lm_loss
+
+    @property
+    def device(self) -> str:
+        return self.dist.device
+
+
+def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenizer_asked: bool) -> Trainer:
+    """Everything before the first step, in order (the order of torch RNG use is part of reproducibility)."""
+    from zhgpt.training.loader import TrainBatches
+    from zhgpt.training.logger import make_logger
+
+    device = dist.device
+    amp_dtype = resolve_dtype(cfg.dtype, device)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True   # TF32 matmuls: ~3x faster on Ampere+, loss unchanged
+        torch.backends.cudnn.allow_tf32 = True
+    run, ckpt = open_run_folder(cfg, quiet=not dist.master)
+    cfg, model_fields, init_model, tokenizer_asked = fine_tuning_source(cfg, model_fields, tokenizer_asked,
+                                                                        ckpt is not None, dist.master)
+    ds = load_data(cfg, dist, tokenizer_asked)
+    mcfg, raw_model = build_model(cfg, model_fields, ds, init_model, ckpt, device, quiet=not dist.master)
+    del init_model
+    n_params = (raw_model.num_params(), raw_model.num_params(non_embedding=True))   # counted before sharding
+    dist.shard(raw_model)   # FSDP: parameters become shards before the optimizer sees them
+    optimizer = build_optimizers(raw_model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                 device.split(":")[0], sharded=dist.fsdp)
+    state = resume_state(raw_model, optimizer, ckpt, dist)
+    model = dist.wrap(raw_model)       # DDP wrapper for the training step
+    if cfg.compile:
+        model = torch.compile(model)
+    scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
+    if ckpt is not None:
+        cfg = keep_global_batch(cfg, run, dist)
+
+    train_split, val_split = ds.split("train"), ds.split("val")
+    batches = TrainBatches(train_split, mcfg.block_size, cfg.batch_size, cfg.grad_accum, cfg.seed,
+                           dist.rank, dist.world)
+    limits = run_limits(cfg, batches.tokens_per_step, n_params[0])
+    prompts = load_prompts(cfg.sample_prompts)
+    full_config, run_info = record_run(cfg, mcfg, preset, ds, train_split, val_split, n_params, dist, amp_dtype,
+                                       batches.tokens_per_step, run)
+    if dist.master and ckpt is not None:
+        print(f"resuming from {ckpt} (step {state['step']})")
+    logger = make_logger(cfg.log, run.root, full_config, enabled=dist.master)
+    if dist.master and ckpt is not None:
+        # The killed run may have logged steps after its last checkpoint; those steps will be redone.
+        for p in (run.metrics, run.samples):
+            truncate_jsonl(p, state["step"])
+    return Trainer(cfg=cfg, mcfg=mcfg, dist=dist, run=run, ds=ds, val_split=val_split, model=model,
+                   raw_model=raw_model, optimizer=optimizer, scaler=scaler, batches=batches, limits=limits,
+                   state=state, logger=logger, sampler=make_sampler(cfg, raw_model, ds, prompts),
+                   full_config=full_config, run_info=run_info, amp_dtype=amp_dtype)
+
+
+# ------------------------------------------------------------------------- run folder and fine-tuning source
+
+def open_run_folder(cfg: TrainConfig, quiet: bool) -> tuple[RunFolder, Path | None]:
+    """The run folder, and on --resume its newest intact checkpoint. A new run never writes into an old one."""
+    from zhgpt.training.checkpoint import latest_good
+
+    root = Path(cfg.out) if cfg.out else artifact_root() / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    run = RunFolder(root.resolve())
+    if not cfg.resume:
+        if run.checkpoints():
+            raise ZhgptError(f"{run.root} already holds a run; continue it with --resume {run.root} "
+                             "or pick another --out")
+        return run, None
+    ckpt = latest_good(run.root, quiet=quiet)
+    if ckpt is None:
+        raise ZhgptError(f"--resume {run.root}: no intact checkpoint to resume from")
+    return run, ckpt
+
+
+def fine_tuning_source(cfg: TrainConfig, model_fields: dict, tokenizer_asked: bool, resuming: bool,
+                       master: bool) -> tuple[TrainConfig, dict, GPT | None, bool]:
+    """--init-from: its tokenizer for the data, and (unless resuming) its weights and shape.
+    Returns (config, model fields, the loaded model or None, whether the tokenizer was the user's choice)."""
+    if not cfg.init_from:
+        return cfg, model_fields, None, tokenizer_asked
+    from zhgpt.training.checkpoint import TOKENIZER
+    from zhgpt.training.runs import load_for_inference, resolve_model_path
+    kind, src = resolve_model_path(cfg.init_from)
+    if kind == "int8":
+        raise ZhgptError(f"--init-from {src}: an int8-quantised model cannot be trained; start from the "
+                         "fp32 run or Hugging Face folder it was exported from")
+    tok_dir = src if kind == "hf" else src / TOKENIZER
+    if (Path(cfg.data[0]) / "meta.json").is_file() and len(cfg.data) == 1:
+        from zhgpt.data.shards import TokenDataset
+        from zhgpt.data.tokenizer import tokenizer_hash
+        if TokenDataset(cfg.data[0]).tokenizer_hash != tokenizer_hash(tok_dir):
+            raise ZhgptError(f"{cfg.data[0]} was tokenised with a different tokenizer than --init-from {src}; "
+                             f"re-tokenise it with the model's: zhgpt data prepare SOURCES --tokenizer {tok_dir} "
+                             "--out DIR (or pass the text sources to --data directly)")
+    cfg = dataclasses.replace(cfg, tokenizer=str(tok_dir))
+    if resuming:    # the checkpoint holds the weights; the saved config the shape
+        return cfg, model_fields, None, False
+    init_model, _, init_info = load_for_inference(src)
+    if master:
+        print(f"fine-tuning from {src} ({init_info.get('kind')}, {init_model.num_params() / 1e6:.2f}M parameters)")
+    return cfg, dataclasses.asdict(init_model.cfg), init_model, False
+
+
+# ------------------------------------------------------------------------- data
+
+def load_data(cfg: TrainConfig, dist: Dist, tokenizer_asked: bool):
+    """The run's TokenDataset: rank 0 prepares it, the others wait and then open the cached result."""
+    if dist.master:
+        ds = prepare_data(cfg, False, tokenizer_asked)
+    dist.barrier()
+    if not dist.master:
+        ds = prepare_data(cfg, True, tokenizer_asked)
+    return ds
+
+
+def prepare_data(cfg: TrainConfig, quiet: bool, tokenizer_asked: bool = True):
+    """A TokenDataset from --data: a prepared folder as is, or sources prepared into the cache.
+    ``tokenizer_asked``: the user chose --tokenizer (not just the preset), so a prepared dataset must match it."""
+    from zhgpt.data.shards import META, TokenDataset
+
+    if len(cfg.data) == 1 and (Path(cfg.data[0]) / META).is_file():
+        ds = TokenDataset(cfg.data[0])
+        if cfg.tokenizer and tokenizer_asked:
+            kind = ds.meta.get("tokenizer_kind", "")
+            asked = cfg.tokenizer
+            same = asked == kind if asked in ("bpe", "unigram", "char") else _same_tokenizer(asked, ds)
+            if not same:
+                raise ZhgptError(f"{cfg.data[0]} was prepared with the {kind!r} tokenizer, but --tokenizer "
+                                 f"{asked} was asked for; drop --tokenizer, or prepare the data again with it "
+                                 f"(zhgpt data prepare ... --tokenizer {asked})")
+        return ds
+    from zhgpt.data.prepare import DataConfig, main as prepare_main
+    key = json.dumps([cfg.data, cfg.val_data, cfg.tokenizer, cfg.vocab_size], ensure_ascii=False)
+    slug = "-".join(Path(s).name.replace(":", "_") or "data" for s in cfg.data)[:40]
+    out = cache_root() / "data" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    dcfg = DataConfig(sources=list(cfg.data), out=str(out), tokenizer=cfg.tokenizer or "bpe",
+                      vocab_size=cfg.vocab_size or None, val_source=cfg.val_data or None, quiet=quiet)
+    return TokenDataset(prepare_main(dcfg))
+
+
+def _same_tokenizer(path: str, ds) -> bool:
+    from zhgpt.data.tokenizer import tokenizer_hash
+    return tokenizer_hash(path) == ds.tokenizer_hash
+
+
+def load_prompts(path: str) -> list[str]:
+    if not path:
+        return list(DEFAULT_PROMPTS)
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise ZhgptError(f"--sample-prompts {path}: cannot read ({e.strerror})")
+    except UnicodeDecodeError:
+        raise ZhgptError(f"--sample-prompts {path}: not UTF-8 text; save it as UTF-8")
+    if not prompts:
+        raise ZhgptError(f"--sample-prompts {path}: the file has no prompts (one per line)")
+    return prompts
+
+
+# ------------------------------------------------------------------------- model, optimizers, resume
+
+def pad_vocab(n: int) -> int:
+    """Round the embedding up to a multiple of 64: matmuls on such shapes are markedly faster on GPUs."""
+    return (n + 63) // 64 * 64
+
+
+def liger_fused_loss(dev_type: str, quiet: bool):
+    """Liger's fused linear + cross-entropy (Triton, CUDA only), or None with a note why not."""
+    why = None
+    if dev_type != "cuda":
+        why = "needs a CUDA GPU"
+    else:
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        except ImportError:
+            why = "needs liger-kernel (pip install liger-kernel)"
+    if why:
+        if not quiet:
+            print(f"zhgpt: note: --liger {why}; using the standard output layer and cross-entropy", flush=True)
+        return None
+    return LigerFusedLinearCrossEntropyLoss(ignore_index=-1)
+
+
+def build_model(cfg: TrainConfig, model_fields: dict, ds, init_model: GPT | None, ckpt: Path | None, device: str,
+                quiet: bool) -> tuple[ModelConfig, GPT]:
+    """The GPT on ``device``: seeded init, then the fine-tuning source's or the checkpoint's weights.
+    The embedding size follows the tokenizer (a preset's vocab_size only describes its default);
+    a fine-tuned model keeps its own."""
+    from zhgpt.training.checkpoint import WEIGHTS, load_weights
+
+    if cfg.init_from:
+        mcfg = ModelConfig(**model_fields)
+        if mcfg.vocab_size < ds.vocab_size:
+            raise ZhgptError(f"--init-from model has {mcfg.vocab_size} embeddings but the data's tokenizer "
+                             f"{ds.vocab_size} tokens; the dataset was not tokenised with the model's tokenizer")
+    else:
+        mcfg = ModelConfig(**{**model_fields, "vocab_size": pad_vocab(ds.vocab_size)})
+    torch.manual_seed(cfg.seed)
+    model = GPT(mcfg)
+    if init_model is not None:
+        model.load_state_dict(init_model.state_dict())
+    model.grad_checkpointing = cfg.grad_checkpointing
+    if cfg.liger:
+        model.fused_loss = liger_fused_loss(device.split(":")[0], quiet)
+    if ckpt is not None:
+        load_weights(model, ckpt / WEIGHTS)
+    return mcfg, model.to(device)
+
+
+def resume_state(model: torch.nn.Module, optimizer: Optimizers, ckpt: Path | None, dist: Dist) -> dict:
+    """The train state to start from: zeros, or the checkpoint's (with its optimizer state and RNG states)."""
+    from zhgpt.training.checkpoint import load_training_state, restore_rng
+
+    state = {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0, "best_val": None}
+    if ckpt is not None:
+        saved = load_training_state(ckpt)
+        dist.load_optimizer(model, optimizer, saved["optimizer"])
+        state.update(saved["train_state"])
+        restore_rng(saved["rng"])
+    return state
+
+
+def keep_global_batch(cfg: TrainConfig, run: RunFolder, dist: Dist) -> TrainConfig:
+    """Resuming with another process count: scale --grad-accum so the global batch (and so the
+    optimisation) stays the same, or warn when it cannot."""
+    saved_world = int(run.read_info().get("world_size", 1))
+    if saved_world == dist.world:
+        return cfg
+    total = cfg.grad_accum * saved_world
+    if total % dist.world == 0:
+        cfg = dataclasses.replace(cfg, grad_accum=total // dist.world)
+        if dist.master:
+            print(f"resuming a {saved_world}-process run with {dist.world}: --grad-accum {cfg.grad_accum} "
+                  "keeps the same tokens per step")
+    elif dist.master:
+        print(f"zhgpt: warning: the run used {saved_world} processes; {dist.world} cannot keep its global batch "
+              "exactly (tokens per step change)", file=sys.stderr)
+    return cfg
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Drop the records a killed run wrote after the checkpoint at ``step`` (they are redone)."""
+    if not path.is_file():
+        return
+    keep = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue      # a line cut short by the kill
+            # Training records at <= step were done before the checkpoint; the eval at `step` is redone.
+            if rec.get("step", 0) < step or (rec.get("step") == step and "loss" in rec):
+                keep.append(line if line.endswith("\n") else line + "\n")
+    atomic_write_text(path, "".join(keep))
+
+
+# ------------------------------------------------------------------------- limits, record, samples
+
+def run_limits(cfg: TrainConfig, tokens_per_step: int, n_params: int) -> Limits:
+    max_tokens = cfg.max_tokens
+    budget_s = parse_duration(cfg.time_budget)
+    if not (cfg.max_steps or budget_s or max_tokens):
+        max_tokens = 20 * n_params   # Chinchilla: ~20 tokens per parameter is compute-optimal
+    return Limits(cfg.max_steps, max_tokens, budget_s, tokens_per_step)
+
+
+def record_run(cfg: TrainConfig, mcfg: ModelConfig, preset: str, ds, train_split, val_split,
+               n_params: tuple[int, int], dist: Dist, amp_dtype: torch.dtype, tokens_per_step: int,
+               run: RunFolder) -> tuple[dict, dict]:
+    """config.json and run.json (rank 0 writes them), and the banner. ``n_params``: (all, non-embedding).
+    Returns (full config, run info)."""
+    n_params, n_params_non_emb = n_params
+    data_info = {"path": str(ds.path), "vocab_size": ds.vocab_size, "tokenizer_kind": ds.meta.get("tokenizer_kind"),
+                 "train_tokens": train_split.tokens, "train_chars": train_split.chars,
+                 "val_tokens": val_split.tokens, "val_chars": val_split.chars,
+                 "chars_per_token": round(train_split.chars_per_token, 4), "sources": ds.meta.get("sources")}
+    full_config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "data": data_info}
+    hw = hardware_info(dist.device)
+    dtype = str(amp_dtype).split(".")[-1]
+    run_info = {"status": "running", "preset": preset, "params": n_params,
+                "params_non_embedding": n_params_non_emb, "hardware": hw,
+                "world_size": dist.world, "tokens_per_step": tokens_per_step, "dtype": dtype}
+    if dist.master:
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_json(run.config, full_config)
+        save_json(run.info, run_info)
+        print_config(cfg, mcfg, titles=("train", "model"))
+        print(f"run folder: {run.root}")
+        print(f"data: {ds.path} | tokenizer {data_info['tokenizer_kind']} vocab {ds.vocab_size} | train "
+              f"{train_split.tokens:,} tokens ({train_split.chars_per_token:.2f} chars/token) | val {val_split.tokens:,} tokens")
+        print(f"model: {preset} {mcfg.arch} {n_params / 1e6:.2f}M parameters | device {dist.device} "
+              f"{hw.get('gpu', hw['cpu'])} | {dtype} | {tokens_per_step:,} tokens/step"
+              + (f" | world {dist.world}" if dist.enabled else ""))
+    return full_config, run_info
+
+
+def make_sampler(cfg: TrainConfig, model: GPT, ds, prompts: list[str]) -> Sampler:
+    from zhgpt.data.tokenizer import load_tokenizer
+    from zhgpt.model.engine import Engine, SamplingParams
+
+    engine = Engine(model, load_tokenizer(ds.tokenizer_dir), eot_id=ds.eot_id)
+    # Fixed settings and seed so outputs are comparable across steps. Small models end documents after a
+    # token or two (short reviews are common in the data): ask for at least half the sample length.
+    params = SamplingParams(max_new_tokens=cfg.sample_tokens, min_new_tokens=cfg.sample_tokens // 2,
+                            temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1, seed=cfg.seed)
+    return Sampler(prompts, engine, params)
