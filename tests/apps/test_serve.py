@@ -164,6 +164,15 @@ def test_echo(oai):
     assert echoed.usage.completion_tokens == plain.usage.completion_tokens
 
 
+def test_ngram_and_openai_penalties_reach_the_engine(oai):
+    kw = dict(model="tiny", prompt="中国", max_tokens=30, temperature=0)
+    plain = oai.completions.create(**kw).choices[0].text
+    once = oai.completions.create(**kw, extra_body={"no_repeat_ngram_size": 1}).choices[0].text
+    assert once and len(set("中国" + once)) == len("中国" + once)    # no token (here: character) twice
+    freq = oai.completions.create(**kw, frequency_penalty=2.0, presence_penalty=1.0).choices[0].text
+    assert isinstance(freq, str) and (len(set(plain)) < len(plain)) <= (freq != plain)
+
+
 # ============================================================================ chat
 
 def test_chat_plain_template(oai, tokenizer):
@@ -213,7 +222,8 @@ def test_chat_uses_the_models_template(tiny, tmp_path):
     ({"max_tokens": 10 ** 6}, "max_tokens"),
     ({"top_p": 0}, "top_p"),
     ({"n": 1000}, "n"),
-    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"frequency_penalty": 2.5}, "frequency_penalty"),
+    ({"extra_body": {"no_repeat_ngram_size": -1}}, "no_repeat_ngram_size"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"stop": "长" * 300}, "stop"),
     ({"extra_body": {"top_k": -3}}, "top_k"),

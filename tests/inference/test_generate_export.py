@@ -68,6 +68,23 @@ def test_repetition_penalty_lowers_repeats(engine):
     assert sum(map(_repeat_rate, pen)) < sum(map(_repeat_rate, base))
 
 
+def test_no_repeat_ngram_size_holds_in_generated_text(engine):
+    """Greedy decoding of a tiny model loops; with no_repeat_ngram_size=2 no token bigram of the whole
+    sequence (prompt included) occurs twice, and with frequency_penalty the loops are fewer."""
+    for prompt in PROMPTS:
+        p = SamplingParams(max_new_tokens=40, temperature=0, stop_at_eot=False, no_repeat_ngram_size=2)
+        ids = engine.encode(prompt)
+        ids = ids + [int(t[0]) for t in engine.generate_ids(ids, p)]
+        assert len(ids) > 40
+        bigrams = list(zip(ids, ids[1:]))
+        assert len(set(bigrams)) == len(bigrams), prompt
+    base = [engine.generate(p, SamplingParams(max_new_tokens=60, temperature=0, stop_at_eot=False)).texts[0]
+            for p in PROMPTS]
+    freq = [engine.generate(p, SamplingParams(max_new_tokens=60, temperature=0, stop_at_eot=False,
+                                              frequency_penalty=1.0)).texts[0] for p in PROMPTS]
+    assert sum(map(_repeat_rate, freq)) < sum(map(_repeat_rate, base))
+
+
 def test_temperature_and_top_p_change_the_output(engine):
     outs = {engine.generate("中国", SamplingParams(max_new_tokens=30, temperature=t, top_p=1.0, top_k=0,
                                                   seed=11)).texts[0] for t in (0.0, 1.0, 2.0)}

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from zhgpt.errors import ZhgptError
 from zhgpt.model.engine import Engine, SamplingParams, process_logits, sample_next
 from zhgpt.model.hf import load_hf_folder, to_hf_state_dict, hf_config
 from zhgpt.model.gpt import GPT, ModelConfig
@@ -93,6 +94,29 @@ def test_sampling_options_have_visible_effects():
     seen = torch.tensor([[int(logits.argmax())]])
     rp = process_logits(logits, seen, SamplingParams(temperature=0, repetition_penalty=100.0))
     assert rp.argmax() != logits.argmax()
+
+
+def test_no_repeat_ngram_bans_exactly_the_completing_tokens():
+    from zhgpt.model.engine import ban_repeated_ngrams
+    logits = torch.zeros(2, 10)
+    seen = torch.tensor([[1, 2, 3, 1, 2], [4, 5, 4, 6, 4]])
+    for n, banned in ((3, [{3}, set()]), (2, [{3}, {5, 6}]), (1, [{1, 2, 3}, {4, 5, 6}])):
+        out = ban_repeated_ngrams(logits, seen, n)
+        assert [set(torch.nonzero(torch.isinf(r)).flatten().tolist()) for r in out] == banned, n
+    assert torch.equal(ban_repeated_ngrams(logits, seen[:, :2], 3), logits)    # shorter than n: nothing
+
+
+def test_frequency_and_presence_penalties_count_generated_tokens_only():
+    logits = torch.zeros(1, 10)
+    seen = torch.tensor([[7, 7, 5, 5, 7]])              # prompt [7, 7], generated [5, 5, 7]
+    p = SamplingParams(temperature=0, frequency_penalty=0.5, presence_penalty=0.25)
+    out = process_logits(logits, seen, p, generated=3)[0]
+    assert out[5] == pytest.approx(-1.25) and out[7] == pytest.approx(-0.75) and out[0] == 0
+    assert torch.equal(process_logits(logits, seen, p, generated=0), logits)  # nothing generated yet
+    with pytest.raises(ZhgptError, match="frequency_penalty"):
+        SamplingParams(frequency_penalty=3.0)
+    with pytest.raises(ZhgptError, match="no_repeat_ngram_size"):
+        SamplingParams(no_repeat_ngram_size=-1)
 
 
 @pytest.mark.parametrize("k,top_p,temp", [(0, 1.0, 1.0), (20, 1.0, 0.7), (0, 0.6, 1.0), (30, 0.8, 1.3)])

@@ -13,11 +13,10 @@ Endpoints
 Request fields
     As OpenAI: model, max_tokens (chat: also max_completion_tokens), temperature (0-2; 0 = greedy), top_p, n, stop
     (up to 4 strings), stream (+ stream_options.include_usage), seed, echo (completions), user (ignored).
-    Extensions: top_k, repetition_penalty (Hugging Face's multiplicative penalty on tokens already present, which
-    is what the engine implements; 1.1-1.3 stops small Chinese models looping).
-    frequency_penalty / presence_penalty are OpenAI's *additive* penalties, which the engine does not implement:
-    0 is accepted, any other value is rejected with 400 pointing to repetition_penalty, rather than silently mapped
-    onto a penalty that behaves differently. logprobs, logit_bias, suffix, best_of != n, tools and non-text
+    frequency_penalty / presence_penalty: OpenAI's additive penalties, on the tokens generated so far (as vLLM).
+    Extensions: top_k, repetition_penalty (Hugging Face's multiplicative penalty on tokens already present;
+    1.1-1.3 stops small Chinese models looping), no_repeat_ngram_size (never repeat an n-gram of the text).
+    logprobs, logit_bias, suffix, best_of != n, tools and non-text
     response formats are rejected with 400. Unknown fields are rejected too (a typo such as "max_token" would
     otherwise be ignored silently).
     Omitted sampling fields take zhgpt's defaults, the same as `zhgpt generate` (temperature 0.8, top_k 50,

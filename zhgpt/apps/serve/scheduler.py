@@ -48,7 +48,8 @@ class Job:
             # and the same seed must always give the same text.
             return None
         return (tuple(self.prompt_ids), p.max_new_tokens, p.temperature, p.top_k, p.top_p,
-                p.repetition_penalty, tuple(p.stop), p.stop_at_eot)
+                p.repetition_penalty, p.no_repeat_ngram_size, p.frequency_penalty, p.presence_penalty,
+                tuple(p.stop), p.stop_at_eot)
 
 
 class Scheduler:

@@ -39,6 +39,7 @@ class SamplingRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0, le=10, strict=True)
     frequency_penalty: float | None = Field(None, ge=-2, le=2, strict=True)
     presence_penalty: float | None = Field(None, ge=-2, le=2, strict=True)
+    no_repeat_ngram_size: int | None = Field(None, ge=0, le=64, strict=True)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 

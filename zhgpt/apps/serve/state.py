@@ -50,10 +50,6 @@ class ServerState:
                  extra_stop=()) -> SamplingParams:
         """The request's sampling fields, checked against the server's limits; omitted ones take zhgpt's
         defaults (SamplingParams), not OpenAI's."""
-        for name in ("frequency_penalty", "presence_penalty"):
-            if getattr(req, name):
-                raise ApiError(400, f"{name} (OpenAI's additive penalty) is not supported; use repetition_penalty "
-                                    "(multiplicative, e.g. 1.2)", param=name, code="unsupported_parameter")
         if req.logit_bias:
             raise ApiError(400, "logit_bias is not supported", param="logit_bias", code="unsupported_parameter")
         mt = default_max if max_tokens is None else max_tokens
@@ -71,7 +67,8 @@ class ServerState:
             top_k=d.top_k if req.top_k is None else req.top_k,
             top_p=d.top_p if req.top_p is None else req.top_p,
             repetition_penalty=d.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
-            seed=-1 if req.seed is None else req.seed, stop=stop + list(extra_stop))
+            frequency_penalty=req.frequency_penalty or 0.0, presence_penalty=req.presence_penalty or 0.0,
+            no_repeat_ngram_size=req.no_repeat_ngram_size or 0, seed=-1 if req.seed is None else req.seed, stop=stop + list(extra_stop))
 
     def fit(self, ids: list[int], p: SamplingParams, warnings: list[str]) -> list[int]:
         """Truncate a prompt from the left so that max_tokens fit the context; say so once in ``warnings``."""
