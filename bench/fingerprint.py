@@ -39,8 +39,8 @@ HASHED = [
     "export_llama/*.safetensors", "export_llama/config.json", "export_int8/model_int8.pt",
     "generate.txt", "help/*.txt",
 ]
-COMMANDS = ["train", "data", "tokenizer", "presets", "generate", "eval", "export", "report", "estimate", "demo",
-            "serve"]
+COMMANDS = ["train", "data", "tokenizer", "presets", "generate", "chat", "eval", "export", "report", "estimate",
+            "demo", "serve"]
 
 
 ZHGPT = [sys.executable, "-m", "zhgpt"]
@@ -93,8 +93,12 @@ def capture_help(work: Path) -> None:
     """Every subcommand's --help, so a change to what users see is caught too."""
     (work / "help").mkdir()
     for cmd in ["", *COMMANDS, "data prepare", "tokenizer train", "tokenizer stats"]:
-        with open(work / "help" / f"{cmd.replace(' ', '_') or 'zhgpt'}.txt", "w", encoding="utf-8") as f:
-            zhgpt(*cmd.split(), "--help", cwd=work, stdout=f)
+        path = work / "help" / f"{cmd.replace(' ', '_') or 'zhgpt'}.txt"
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                zhgpt(*cmd.split(), "--help", cwd=work, stdout=f)
+        except subprocess.CalledProcessError:     # a command this version does not have yet
+            path.unlink()
 
 
 def flags_of(help_text: str) -> list[str]:

@@ -20,6 +20,7 @@ COMMANDS = {
     "tokenizer": ("zhgpt.data.tokenizer_cli", "train a tokenizer or print its statistics"),
     "presets": ("zhgpt.model.presets", "list model presets with parameter counts"),
     "generate": ("zhgpt.inference.generate", "generate text from a run, checkpoint or exported model"),
+    "chat": ("zhgpt.inference.chat", "talk to a model in the terminal (multi-turn, streaming, /reset)"),
     "eval": ("zhgpt.inference.evaluate", "perplexity and bits per character of a model on text files"),
     "export": ("zhgpt.inference.export", "export a checkpoint as a Hugging Face model folder"),
     "report": ("zhgpt.report.report", "loss curves, sample evolution and report.html for runs"),

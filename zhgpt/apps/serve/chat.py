@@ -1,28 +1,12 @@
-"""Conversations -> one prompt: the model's own chat template when its tokenizer folder has one (transformers'
-apply_chat_template), else the plain one-line-per-message template described in the package docstring."""
+"""/v1/chat/completions messages -> one prompt, formatted as `zhgpt chat` formats it (``zhgpt.inference.chat``):
+the model's own chat template when its tokenizer folder has one, else the plain one-line-per-message template."""
 from __future__ import annotations
-
-from pathlib import Path
 
 from zhgpt.apps.serve.errors import ApiError
 from zhgpt.apps.serve.schemas import ChatMessage
-from zhgpt.config import load_json
+from zhgpt.inference.chat import PLAIN_CHAT_STOP, PLAIN_ROLES, load_chat_tokenizer, render_turns
 
-PLAIN_ROLES = {"system": "系统", "developer": "系统", "user": "用户", "assistant": "助手"}
-PLAIN_CHAT_STOP = "\n用户："
-
-
-def load_chat_tokenizer(tok_dir: Path | None):
-    """A transformers tokenizer if the folder has a chat template, else None (the plain template is used)."""
-    if tok_dir is None:
-        return None
-    has_template = (tok_dir / "chat_template.jinja").is_file()
-    if not has_template and (tok_dir / "tokenizer_config.json").is_file():
-        has_template = bool(load_json(tok_dir / "tokenizer_config.json").get("chat_template"))
-    if not has_template:
-        return None
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+__all__ = ["PLAIN_CHAT_STOP", "PLAIN_ROLES", "load_chat_tokenizer", "message_text", "render_chat"]
 
 
 def message_text(m: ChatMessage, i: int) -> str:
@@ -40,15 +24,8 @@ def message_text(m: ChatMessage, i: int) -> str:
 
 def render_chat(messages: list[ChatMessage], chat_tokenizer) -> tuple[str, list[str]]:
     """(prompt, extra stop strings) for a conversation; see "Chat template" in the package docstring."""
-    turns = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m, i)}
-             for i, m in enumerate(messages)]
-    if chat_tokenizer is not None:
-        try:
-            prompt = chat_tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        except Exception as e:   # the template itself rejects e.g. a wrong role order
-            raise ApiError(400, f"the model's chat template rejected the messages: {e}", param="messages",
-                           code="invalid_messages")
-        return prompt, []
-    # Newlines inside a message would start what looks like a new turn; a space keeps it one line.
-    lines = [f"{PLAIN_ROLES[t['role']]}：{' '.join(t['content'].splitlines())}" for t in turns]
-    return "\n".join(lines) + "\n" + PLAIN_ROLES["assistant"] + "：", [PLAIN_CHAT_STOP]
+    turns = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(messages)]
+    try:
+        return render_turns(turns, chat_tokenizer)
+    except ValueError as e:
+        raise ApiError(400, str(e), param="messages", code="invalid_messages") from None
