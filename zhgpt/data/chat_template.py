@@ -43,10 +43,6 @@ def add_chat_tokens(tok) -> list[int]:
     return [tok.token_to_id(t) for t in CHAT_TOKENS]
 
 
-def has_chat_tokens(tok) -> bool:
-    return all(tok.token_to_id(t) is not None for t in CHAT_TOKENS)
-
-
 def render(messages: list[Message], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
     """(text, spans): the template applied to ``messages``, and the [start, end) character spans that carry
     loss (each assistant message's content plus its <|im_end|>)."""

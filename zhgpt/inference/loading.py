@@ -11,7 +11,6 @@ from zhgpt.config import opt
 from zhgpt.core.device import DTYPE_NAMES, DTYPES, resolve_device
 from zhgpt.errors import ZhgptError
 from zhgpt.model.engine import Engine
-from zhgpt.training.layout import find_run_dir
 from zhgpt.training.runs import load_for_inference
 
 
@@ -48,11 +47,6 @@ class LoadedModel:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
-
-    @property
-    def run_dir(self) -> Path | None:
-        """The run folder the model belongs to, if any (for its metrics and checkpoints)."""
-        return find_run_dir(self.path) if self.path is not None else None
 
 
 def load_engine(path, device: str = "auto", dtype: str | torch.dtype = "fp32") -> LoadedModel:

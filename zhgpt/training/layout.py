@@ -57,9 +57,6 @@ class RunFolder:
     def checkpoints(self) -> list[Path]:
         return list_checkpoints(self.root)
 
-    def read_config(self) -> dict:
-        return load_json(self.config)
-
     def read_info(self) -> dict:
         """run.json, or {} for a run that has not written one yet."""
         return load_json(self.info) if self.info.is_file() else {}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from zhgpt.config import parse_duration, print_config, save_json
-from zhgpt.core.device import hardware_info, resolve_dtype
+from zhgpt.core.device import dtype_name, hardware_info, resolve_dtype
 from zhgpt.core.files import atomic_write_text
 from zhgpt.errors import ZhgptError
 from zhgpt.model.gpt import GPT, ModelConfig
@@ -351,7 +351,7 @@ def record_run(cfg: TrainConfig, mcfg: ModelConfig, preset: str, ds, train_split
                  "chars_per_token": round(train_split.chars_per_token, 4), "sources": ds.meta.get("sources")}
     full_config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "data": data_info}
     hw = hardware_info(dist.device)
-    dtype = str(amp_dtype).split(".")[-1]
+    dtype = dtype_name(amp_dtype)
     run_info = {"status": "running", "preset": preset, "params": n_params,
                 "params_non_embedding": n_params_non_emb, "hardware": hw,
                 "world_size": dist.world, "tokens_per_step": tokens_per_step, "dtype": dtype}
