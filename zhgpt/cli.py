@@ -17,6 +17,8 @@ from zhgpt.errors import ZhgptError
 COMMANDS = {
     "train": ("zhgpt.pipeline", "train a GPT (default: a tiny model on the built-in corpus)"),
     "data": ("zhgpt.data.prepare", "read, clean, split and tokenise text into token shards"),
+    "sft": ("zhgpt.pipeline.sft", "fine-tune a model on conversations into an assistant (full or --lora)"),
+    "dpo": ("zhgpt.pipeline.dpo", "direct preference optimisation of a chat model on chosen/rejected pairs"),
     "tokenizer": ("zhgpt.data.tokenizer_cli", "train a tokenizer or print its statistics"),
     "presets": ("zhgpt.model.presets", "list model presets with parameter counts"),
     "generate": ("zhgpt.inference.generate", "generate text from a run, checkpoint or exported model"),

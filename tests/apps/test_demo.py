@@ -20,8 +20,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="needs the [serve] extra (gradio)")
 httpx = pytest.importorskip("httpx", reason="needs the [serve] extra")
 
-from zhgpt.apps.demo import (UI_DEFAULTS, DemoConfig, build_demo, default_compare, find_run_dir,   # noqa: E402
-                        launch, model_facts, render, sample_stream)
+from zhgpt.apps.demo import (UI_DEFAULTS, DemoConfig, build_demo, chat_handler, chat_prompt,   # noqa: E402
+                        chat_template_note, clear_chat, default_compare, find_run_dir, launch, model_facts,
+                        render, sample_stream)
 from zhgpt.model.engine import Engine, SamplingParams                                        # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +104,93 @@ def test_missing_model_is_a_user_error(tmp_path):
         build_demo(DemoConfig(device="cpu"))
     with pytest.raises(ZhgptError, match="no such model"):
         build_demo(DemoConfig(model=str(tmp_path / "nope"), device="cpu"))
+
+
+# ============================================================================ the chat tab
+
+CHAT_SLIDERS = (12, 0.8, 50, 0.95, 1.1, 1, 7)   # max new, temperature, top-k, top-p, repetition, samples, seed
+
+
+def spy_prompts(eng, monkeypatch) -> list[str]:
+    """Every prompt the engine encodes from now on (the text the chat handler built)."""
+    prompts, real = [], eng.encode
+
+    def encode(text):
+        prompts.append(text)
+        return real(text)
+    monkeypatch.setattr(eng, "encode", encode)
+    return prompts
+
+
+def test_chat_streams_a_reply_with_the_plain_template(engine, monkeypatch):
+    eng, _ = engine
+    prompts = spy_prompts(eng, monkeypatch)
+    chat = chat_handler(gr, eng, None)
+    # Gradio 6 hands the chatbot's messages back with their content as a list of text parts.
+    history = [{"role": "user", "content": [{"type": "text", "text": "你好"}], "metadata": None},
+               {"role": "assistant", "content": "你好，有什么事？"}]
+    steps = list(chat("中国的历史", history, "你是助手", *CHAT_SLIDERS))
+    assert prompts == ["系统：你是助手\n用户：你好\n助手：你好，有什么事？\n用户：中国的历史\n助手："]
+    final, box, note = steps[-1]
+    assert box == "" and "tokens/s" in note
+    assert final[:3] == [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好，有什么事？"},
+                         {"role": "user", "content": "中国的历史"}]
+    assert len(final) == 4 and final[3]["role"] == "assistant"
+    # The answer is the engine's, stopped where the model would start the user's next turn, as `zhgpt chat`.
+    p = SamplingParams(max_new_tokens=12, temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1, seed=7,
+                       stop=["\n用户："])
+    assert final[3]["content"] == eng.generate(prompts[0], p).texts[0].strip()
+    # Streamed: every update is the same conversation with a growing answer.
+    answers = [s[0][3]["content"] for s in steps]
+    assert all(b.startswith(a) for a, b in zip(answers, answers[1:]))
+    # The next turn's prompt holds the whole conversation so far, the streamed answer included.
+    list(chat("再说一遍", final, "", *CHAT_SLIDERS))
+    assert prompts[-1].startswith("用户：你好\n助手：你好，有什么事？\n用户：中国的历史\n助手：" + final[3]["content"])
+    assert prompts[-1].endswith("\n用户：再说一遍\n助手：")
+
+
+def test_chat_prompt_uses_the_models_chat_template(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    from zhgpt.data.chat_template import write_chat_tokenizer
+    from zhgpt.inference.chat import load_chat_tokenizer
+    write_chat_tokenizer(tiny["tokenizer"], tmp_path / "chat-tok")
+    chat_tok = load_chat_tokenizer(tmp_path / "chat-tok")
+    assert chat_tok is not None and load_chat_tokenizer(tiny["tokenizer"]) is None
+    history = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]
+    prompt, stops = chat_prompt(history, "今天天气", "你是助手", chat_tok)
+    turns = [{"role": "system", "content": "你是助手"}] + history + [{"role": "user", "content": "今天天气"}]
+    ref = AutoTokenizer.from_pretrained(str(tmp_path / "chat-tok"), local_files_only=True)
+    assert prompt == ref.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert prompt == ("<|im_start|>system\n你是助手<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n"
+                      "<|im_start|>assistant\n你好！<|im_end|>\n<|im_start|>user\n今天天气<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+    assert stops == []   # the engine stops at <|im_end|>; no plain-template stop string
+    assert chat_template_note(chat_tok).endswith("chat template of the model (ChatML).")
+    assert "plain 用户/助手 template" in chat_template_note(None) and "zhgpt sft" in chat_template_note(None)
+
+
+def test_chat_tab_and_clear(tiny, engine):
+    eng, info = engine
+    demo = build_demo(DemoConfig(model=str(tiny["run"]), device="cpu"), engine=eng, info=info)
+    tabs = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
+    assert tabs == ["Generate", "Compare checkpoints", "Chat"]
+    chatbots = [b for b in demo.blocks.values() if isinstance(b, gr.Chatbot)]
+    assert len(chatbots) == 1
+    notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and b.elem_id == "chat-template"]
+    assert notes == [chat_template_note(None)]   # the tiny run is a base model
+    ids = [b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)]
+    assert len(ids) == len(set(ids)), "element ids must be unique across tabs"
+    # Clear forgets the conversation (it empties the chatbot, the message box and the status line) ...
+    cleared = [f for f in demo.fns.values() if f.fn is clear_chat]
+    assert [[o.elem_id for o in f.outputs] for f in cleared] == [["chatbot", "chat-message", "chat-status"]]
+    history, box, status = clear_chat()
+    assert (history, box, status) == ([], "", "")
+    # ... and the next message starts a new one.
+    final = list(chat_handler(gr, eng, None)("你好", history, "", *CHAT_SLIDERS))[-1][0]
+    assert [m["role"] for m in final] == ["user", "assistant"]
+    # An empty message changes nothing.
+    assert list(chat_handler(gr, eng, None)("  ", final, "", *CHAT_SLIDERS)) == [(final, "", "")]
 
 
 # ============================================================================ the browser

@@ -136,6 +136,40 @@ def test_fast_sampler_draws_from_the_same_distribution_as_process_logits(k, top_
     assert sample_next(logits, seen, SamplingParams(temperature=0, repetition_penalty=100.0)) != logits.argmax()
 
 
+class _ChatTok(_FakeTok):
+    def token_to_id(self, token):
+        return {"<|im_end|>": 9}.get(token)
+
+
+class _EndsAfter(torch.nn.Module):
+    """A GPT whose logits favour token 9 (<|im_end|> of _ChatTok) from the ``n``-th call on."""
+    def __init__(self, model, n):
+        super().__init__()
+        self.inner, self.cfg, self.n, self.calls = model, model.cfg, n, 0
+
+    def make_kv_cache(self, *a, **kw):
+        return self.inner.make_kv_cache(*a, **kw)
+
+    def forward(self, idx, **kw):
+        logits, loss = self.inner(idx, **kw)
+        self.calls += 1
+        if self.calls >= self.n:
+            logits[..., 9] += 1e4
+        return logits, loss
+
+
+def test_a_chat_model_stops_at_im_end_and_min_new_tokens_holds_it_back():
+    torch.manual_seed(3)
+    eng = Engine(_EndsAfter(GPT(tiny()), 3), _ChatTok(), eot_id=0)
+    assert eng.end_ids == [0, 9]
+    out = list(eng.stream_rows([3, 4, 5], SamplingParams(max_new_tokens=20, temperature=0)))
+    assert out[-1][2] == "stop" and out[-1][3] == 2          # two tokens, then <|im_end|> ends the turn
+    assert "9" not in "".join(d for _, d, _, _ in out).split()
+    eng = Engine(_EndsAfter(GPT(tiny()), 1), _ChatTok(), eot_id=0)
+    ids = list(eng.generate_ids([3, 4, 5], SamplingParams(max_new_tokens=20, min_new_tokens=4, temperature=0)))
+    assert [int(t) for t in ids[:4]] != [9] * 4 and int(ids[4]) == 9 and len(ids) == 5
+
+
 def test_top_k_1_sampling_equals_greedy():
     torch.manual_seed(2)
     model = GPT(tiny())

@@ -10,6 +10,11 @@ samples, seed), output streamed as it is generated, Chinese example prompts; bes
 tokens trained, validation bits per character, from RUN/run.json and the checkpoint's meta.json).
 Tab "Compare checkpoints": one prompt through several checkpoints of the run (RUN/checkpoints/step_*) side by
 side, all with the same seed, so the differences come from training alone.
+Tab "Chat": a multi-turn conversation (optional system message, the Generate tab's sliders), each answer
+streamed into the chat as it is generated. The conversation becomes a prompt in ``zhgpt.inference.chat``, as
+in `zhgpt chat` and the API's /v1/chat/completions: the model's chat template (ChatML, for every model `zhgpt
+sft` writes; the engine stops at <|im_end|>) or, for a base model, the plain 用户：/助手： template with a stop
+string. The tab says which one it uses.
 
 Generation goes through the engine (``Engine.stream_rows``), one request at
 a time: PyTorch already uses every core for one forward, so running two at once only makes both slower.
@@ -31,10 +36,13 @@ from pathlib import Path
 
 from zhgpt.config import add_args, from_args, load_json, opt, print_config
 from zhgpt.core import fmt
+from zhgpt.data.chat_template import IM_START
 from zhgpt.errors import ZhgptError
+from zhgpt.inference.chat import load_chat_tokenizer, render_turns
 from zhgpt.inference.loading import ModelOptions, load_engine
 from zhgpt.model.engine import Engine, SamplingParams
 from zhgpt.training.layout import find_run_dir
+from zhgpt.training.runs import tokenizer_dir_of
 
 EXAMPLES = ["中国的历史", "人工智能是", "今天天气", "教育的目的", "在科学研究中"]
 MAX_SAMPLES = 4          # samples per prompt in the Generate tab
@@ -150,6 +158,67 @@ def render(prompt: str, texts: list[str]) -> str:
     return "\n\n".join(f"--- sample {i + 1} ---\n{prompt}{t}" for i, t in enumerate(texts))
 
 
+# ============================================================================ chat
+
+def chat_template_note(chat_tokenizer) -> str:
+    """The Chat tab's line saying how the conversation is formatted (a base model's answers are no answers)."""
+    if chat_tokenizer is None:
+        return ("Prompt format: plain 用户/助手 template: this is a base model; fine-tune it with `zhgpt sft` "
+                "for real answers.")
+    chatml = IM_START in str(getattr(chat_tokenizer, "chat_template", None) or "")
+    return f"Prompt format: chat template of the model{' (ChatML)' if chatml else ''}."
+
+
+def turn_text(content) -> str:
+    """A chatbot message's text: Gradio 6 hands content back as a list of parts ({"type": "text", "text": …});
+    anything but text (files, images) has no place in a text model's prompt."""
+    if isinstance(content, str):
+        return content
+    parts = [content] if isinstance(content, dict) else content or []
+    return "".join(p.get("text") or "" for p in parts if isinstance(p, dict) and p.get("type", "text") == "text")
+
+
+def chat_history(history) -> list[dict]:
+    """The chatbot's messages as plain {"role", "content"} turns (Gradio adds metadata, options, parts)."""
+    return [{"role": m["role"], "content": turn_text(m.get("content"))}
+            for m in history or [] if m.get("role") in ("user", "assistant")]
+
+
+def chat_prompt(history: list[dict], message: str, system: str, chat_tokenizer) -> tuple[str, list[str]]:
+    """(prompt, extra stop strings) for the conversation plus ``message``: formatted by ``render_turns``, the
+    code `zhgpt chat` and the API use, so all three prompt a model the same way."""
+    turns = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
+    turns += chat_history(history) + [{"role": "user", "content": message}]
+    return render_turns(turns, chat_tokenizer)
+
+
+def chat_handler(gr, engine: Engine, chat_tokenizer):
+    """The Send button: the message and its answer join the history, the answer streamed into the chatbot."""
+    def chat(message, history, system, max_new, temperature, top_k, top_p, rep, n, seed):
+        # ``n`` (the samples slider) is hidden in this tab: a conversation continues with one answer.
+        message, history = (message or "").strip(), chat_history(history)
+        if not message:
+            yield history, "", ""
+            return
+        try:
+            p = sampling(max_new, temperature, top_k, top_p, rep, 1, seed)
+            prompt, stops = chat_prompt(history, message, system, chat_tokenizer)
+        except (ZhgptError, ValueError) as e:
+            raise gr.Error(str(e))
+        # As ChatSession does: the plain template's stop string ends the answer where the model starts the
+        # user's next turn (a chat template needs none: the engine stops at <|im_end|>).
+        p = SamplingParams(**{**p.__dict__, "stop": list(p.stop) + stops})
+        history = history + [{"role": "user", "content": message}]
+        for texts, note in sample_stream(engine, prompt, p):
+            yield history + [{"role": "assistant", "content": texts[0].strip()}], "", note
+    return chat
+
+
+def clear_chat():
+    """The Clear button: an empty conversation, message box and status line."""
+    return [], "", ""
+
+
 # ============================================================================ the page
 
 def sampling(max_new, temperature, top_k, top_p, rep, n, seed) -> SamplingParams:
@@ -188,9 +257,10 @@ def compare_handler(gr, cache: EngineCache, checkpoints: dict[str, Path]):
     return compare
 
 
-def sampling_controls(gr, max_new_limit: int) -> list:
-    """The Generate tab's sliders, in the order ``generate`` takes them (after the prompt)."""
-    with gr.Accordion("Sampling", open=True):
+def sampling_controls(gr, max_new_limit: int, prefix: str = "", samples: bool = True) -> list:
+    """The sliders, in the order ``generate`` and ``chat`` take them (after their text inputs). ``prefix``
+    keeps element ids unique when a second tab has its own; ``samples=False`` hides the samples slider."""
+    with gr.Accordion("Sampling", open=samples):
         with gr.Row():
             max_new = gr.Slider(1, max_new_limit, step=1, label="max new tokens",
                                 value=min(UI_DEFAULTS["max_new_tokens"], max_new_limit))
@@ -201,8 +271,8 @@ def sampling_controls(gr, max_new_limit: int) -> list:
             top_p = gr.Slider(0.05, 1, value=UI_DEFAULTS["top_p"], step=0.05, label="top-p")
             rep = gr.Slider(1.0, 2.0, value=UI_DEFAULTS["repetition_penalty"], step=0.05,
                             label="repetition penalty")
-            n = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="samples")
-            seed = gr.Number(value=-1, precision=0, label="seed (-1 = random)", elem_id="seed")
+            n = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="samples", visible=samples)
+            seed = gr.Number(value=-1, precision=0, label="seed (-1 = random)", elem_id=f"{prefix}seed")
     return [max_new, temperature, top_k, top_p, rep, n, seed]
 
 
@@ -254,6 +324,28 @@ def compare_tab(gr, compare, names: list[str], max_new_limit: int) -> None:
                    concurrency_id="model")
 
 
+def chat_tab(gr, chat, note: str, max_new_limit: int) -> None:
+    with gr.Tab("Chat"):
+        gr.Markdown(note, elem_id="chat-template")
+        system = gr.Textbox(label="System message (optional)", lines=1, elem_id="chat-system",
+                            placeholder="你是一个乐于助人的助手。")
+        chatbot = gr.Chatbot(label="Chat", height=420, elem_id="chatbot")
+        message = gr.Textbox(label="Message", lines=1, placeholder="输入消息，按 Enter 发送…",
+                             elem_id="chat-message")
+        with gr.Row():
+            send = gr.Button("Send", variant="primary", elem_id="chat-send")
+            stop = gr.Button("Stop", variant="stop", elem_id="chat-stop")
+            clear = gr.Button("Clear", elem_id="chat-clear")
+        status = gr.Markdown(elem_id="chat-status")
+        controls = sampling_controls(gr, max_new_limit, prefix="chat-", samples=False)
+    inputs, outputs = [message, chatbot, system] + controls, [chatbot, message, status]
+    ev = send.click(chat, inputs, outputs, concurrency_limit=1, concurrency_id="model")
+    ev2 = message.submit(chat, inputs, outputs, concurrency_limit=1, concurrency_id="model")
+    stop.click(None, None, None, cancels=[ev, ev2])
+    # Clearing mid-answer also stops it: otherwise the answer's next update would bring the history back.
+    clear.click(clear_chat, None, outputs, cancels=[ev, ev2])
+
+
 def build_demo(cfg: DemoConfig, engine: Engine | None = None, info: dict | None = None):
     """The Gradio Blocks (not launched). ``engine`` skips loading ``cfg.model`` (tests)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -278,12 +370,14 @@ def build_demo(cfg: DemoConfig, engine: Engine | None = None, info: dict | None 
     if run_dir and info.get("kind") == "checkpoint":
         title += f" · {Path(source).name}"
     max_new_limit = max(1, min(1024, engine.block_size * 4))
+    chat_tok = load_chat_tokenizer(tokenizer_dir_of(cfg.model)) if cfg.model else None
     with gr.Blocks(title="zhgpt demo", analytics_enabled=False) as demo:
         gr.Markdown(f"## zhgpt · {title}")
         generate_tab(gr, generate_handler(gr, engine), facts_markdown(model_facts(engine, info, run_dir), title),
                      run_dir, max_new_limit)
         compare_tab(gr, compare_handler(gr, EngineCache(device, dtype), checkpoints), list(checkpoints),
                     max_new_limit)
+        chat_tab(gr, chat_handler(gr, engine, chat_tok), chat_template_note(chat_tok), max_new_limit)
     return demo
 
 

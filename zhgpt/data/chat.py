@@ -135,7 +135,7 @@ def parse_record(rec, fmt: str) -> list[Message]:
     return msgs
 
 
-def _records(path: Path) -> Iterator[tuple[int, object]]:
+def json_records(path: Path) -> Iterator[tuple[int, object]]:
     """(line number, parsed JSON) for a JSONL file, or for each element of a JSON list."""
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -144,7 +144,7 @@ def _records(path: Path) -> Iterator[tuple[int, object]]:
             if path.suffix == ".json" or head.startswith("["):
                 data = json.load(f)
                 if not isinstance(data, list):
-                    raise ZhgptError(f"{path}: a .json file of conversations must hold a list of records")
+                    raise ZhgptError(f"{path}: a .json file must hold a list of records (one per conversation or pair)")
                 yield from ((i + 1, rec) for i, rec in enumerate(data))   # "line" = record number here
                 return
             for n, line in enumerate(f, 1):
@@ -154,7 +154,7 @@ def _records(path: Path) -> Iterator[tuple[int, object]]:
                     except json.JSONDecodeError as e:
                         yield n, BadRecord("broken JSON", f"not valid JSON ({e.msg} at column {e.colno})")
     except FileNotFoundError:
-        raise ZhgptError(f"{path}: file not found; pass JSONL/JSON files of conversations") from None
+        raise ZhgptError(f"{path}: file not found; pass JSONL/JSON files") from None
     except UnicodeDecodeError as e:
         raise ZhgptError(f"{path}: not UTF-8 (byte {e.start}); save the file as UTF-8") from None
     except json.JSONDecodeError as e:
@@ -166,7 +166,7 @@ def read_conversations(paths, skip_bad: bool = False, stats: ChatReadStats | Non
     stats = stats if stats is not None else ChatReadStats()
     for path in map(Path, paths):
         fmt = None
-        for line, rec in _records(path):
+        for line, rec in json_records(path):
             stats.read += 1
             try:
                 if isinstance(rec, BadRecord):

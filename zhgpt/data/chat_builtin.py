@@ -91,3 +91,26 @@ def builtin_sft(split: str = "train", tasks: tuple[str, ...] = ("sentiment", "co
     for i in range(max(map(len, parts), default=0)):
         out += [p[i] for p in parts if i < len(p)]
     return out
+
+
+LOOP_CHARS = 12          # a rejected continuation repeats the first this-many characters of the real one
+
+
+def builtin_preferences(split: str = "train", tasks: tuple[str, ...] = ("sentiment", "continuation")):
+    """Preference pairs derived from the same built-in tasks (``zhgpt dpo`` with no data):
+
+    - sentiment: the right label is chosen, the other label rejected;
+    - continuation: the real next part of the article is chosen; rejected is the same length of text that
+      loops on its first LOOP_CHARS characters, the degenerate repetition small models fall into.
+    """
+    from zhgpt.data.preference import Pair
+    out = []
+    for conv in builtin_sft(split, tasks):
+        context, answer = conv.messages[:-1], conv.messages[-1].content
+        if conv.source.startswith("builtin:sentiment"):
+            other = LABELS["neg"] if answer == LABELS["pos"] else LABELS["pos"]
+            out.append(Pair(context, answer, other, conv.source))
+        else:
+            loop = (answer[:LOOP_CHARS] * (len(answer) // LOOP_CHARS + 1))[:len(answer)]
+            out.append(Pair(context, answer, loop, conv.source))
+    return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from zhgpt.config import opt
+from zhgpt.data.chat_template import IM_END
 from zhgpt.errors import ZhgptError
 
 
@@ -34,7 +35,7 @@ class SamplingParams:
     num_return_sequences: int = opt(1, "independent samples for the same prompt")
     seed: int = opt(-1, "random seed for sampling (-1 = random)")
     stop: list[str] = opt(help="stop when any of these strings is generated", factory=list)
-    stop_at_eot: bool = opt(True, "stop a sequence at the end-of-text token")
+    stop_at_eot: bool = opt(True, "stop a sequence at the end-of-text token (and a chat model's <|im_end|>)")
 
     def __post_init__(self):
         if self.max_new_tokens < 0:
@@ -180,6 +181,9 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer               # a tokenizers.Tokenizer
         self.eot_id = eot_id
+        # A sequence ends at end-of-text, and in a chat model also at the end of the assistant's turn.
+        end = tokenizer.token_to_id(IM_END) if hasattr(tokenizer, "token_to_id") else None
+        self.end_ids = sorted({eot_id} | ({end} if end is not None else set()))
         self.block_size = model.cfg.block_size
         self.device = next(model.parameters()).device
 
@@ -201,7 +205,7 @@ class Engine:
     @torch.inference_mode()
     def generate_ids(self, prompt_ids: list[int], p: SamplingParams, use_cache: bool = True) -> Iterator[torch.Tensor]:
         """Yield the next token of each of the ``num_return_sequences`` rows, one (n,) tensor per step.
-        Rows that finished keep yielding ``eot_id``; the loop ends when all rows finished."""
+        Rows that finished (end-of-text or <|im_end|>) keep yielding ``eot_id``; the loop ends when all rows finished."""
         if not prompt_ids:
             prompt_ids = [self.eot_id]   # an empty prompt starts a fresh document
         n = p.num_return_sequences
@@ -210,6 +214,7 @@ class Engine:
         seq = torch.tensor([prompt_ids] * n, dtype=torch.long, device=self.device)   # (n, T)
         cache = self.model.make_kv_cache(n) if use_cache else None
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
+        end_ids = torch.tensor(self.end_ids, device=self.device)
         fresh = seq                                # tokens not yet fed to the model
         for i in range(p.max_new_tokens):
             if cache is not None and cache.pos + fresh.size(1) > self.block_size:
@@ -222,11 +227,11 @@ class Engine:
                 logits, _ = self.model(fresh, kv_cache=cache, last_only=True)
             logits = logits[:, -1, :].float()      # (n, V)
             if i < p.min_new_tokens:
-                logits[:, self.eot_id] = float("-inf")
+                logits[:, self.end_ids] = float("-inf")
             nxt = sample_next(logits, seq if p.penalizes else None, p, gen, generated=i)
             nxt = torch.where(done, torch.full_like(nxt, self.eot_id), nxt)
             if p.stop_at_eot:
-                done |= nxt == self.eot_id
+                done |= torch.isin(nxt, end_ids)
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             fresh = nxt[:, None]
             yield nxt
@@ -265,7 +270,7 @@ class Engine:
                 for i, t in enumerate(nxt.tolist()):
                     if done[i]:
                         continue
-                    if t == self.eot_id and p.stop_at_eot:
+                    if t in self.end_ids and p.stop_at_eot:
                         yield finish(i, self.decode(ids[i]), "stop")
                         continue
                     ids[i].append(t)

@@ -156,7 +156,7 @@ class CausalSelfAttention(nn.Module):
             self.q_norm = RMSNorm(self.hd, cfg.norm_eps)
             self.k_norm = RMSNorm(self.hd, cfg.norm_eps)
 
-    def forward(self, x, rope=None, kv_cache: KVCache | None = None):
+    def forward(self, x, rope=None, kv_cache: KVCache | None = None, attn_mask=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split([self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=2)
         q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)   # (B, H, T, D)
@@ -176,7 +176,10 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
+        if attn_mask is not None:
+            # Packed sequences: causal within each sequence, nothing across (see GPT.forward's segments).
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        elif past == 0:
             # Training and prefill: SDPA's is_causal picks the flash/memory-efficient kernels.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         elif T == 1:
@@ -219,10 +222,26 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), rope, kv_cache)
+    def forward(self, x, rope=None, kv_cache=None, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), rope, kv_cache, attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+def segment_positions(segments):
+    """(B, T) positions that restart at 0 where the segment id changes."""
+    T = segments.size(1)
+    t = torch.arange(T, device=segments.device).expand_as(segments)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    return t - torch.cummax(torch.where(starts, t, torch.zeros_like(t)), dim=1).values
+
+
+def segment_mask(segments):
+    """(B, 1, T, T) attention mask: causal, and only within a segment."""
+    T = segments.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    return (segments[:, :, None] == segments[:, None, :]).unsqueeze(1) & causal
 
 
 class GPT(nn.Module):
@@ -271,32 +290,40 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None, reduction: str = "mean",
-                last_only: bool = False):
+                last_only: bool = False, segments=None):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
-        With ``targets`` the loss is cross-entropy (ignore_index -1) with the given reduction.
+        With ``targets`` the loss is cross-entropy (ignore_index -1) with the given reduction; where some
+        targets are -1 only the others are scored and their logits, (N, V), returned.
         With a ``kv_cache`` the new tokens continue the cached sequence at position ``kv_cache.pos``.
         ``last_only`` (decoding): logits of the last position only, (B, 1, V) -- a prompt's prefill would
         otherwise run the output layer, often the largest matmul, on every prompt position.
+        ``segments`` (B, T) ids, for several short sequences packed into one row (SFT): a token attends only
+        to earlier tokens of its own segment and its position counts from its segment's start, so each
+        sequence is computed exactly as if it were alone.
         """
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.cfg.block_size}")
         x = self.transformer.wte(idx)                                        # (B, T, C)
+        pos, mask = torch.arange(start, start + T, device=idx.device), None
+        if segments is not None:
+            pos, mask = segment_positions(segments), segment_mask(segments)
         rope = None
         if self.cfg.arch == "gpt2":
-            pos = torch.arange(start, start + T, device=idx.device)
             x = x + self.transformer.wpe(pos)
-        else:
+        elif segments is None:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        else:                                                                # per-row positions: (B, 1, T, D)
+            rope = (self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1))
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             if self.grad_checkpointing and self.training and kv_cache is None:
                 # Recompute activations in backward: ~30% more compute for ~n_layer x less activation memory.
-                x = checkpoint(block, x, rope, None, use_reentrant=False)
+                x = checkpoint(block, x, rope, None, mask, use_reentrant=False)
             else:
-                x = block(x, rope, kv_cache)
+                x = block(x, rope, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.pos += T
         if last_only and targets is None:
@@ -304,11 +331,16 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x), None
+        keep = targets != -1
+        if not bool(keep.all()):
+            # Masked targets (SFT takes loss on the answers only): the output layer, often the largest
+            # matmul, runs on the scored positions alone, and the logits returned are theirs, (N, V).
+            x, targets = x[keep], targets[keep]
         if self.fused_loss is not None and self.training and reduction == "mean":
             return None, self.fused_loss(self.lm_head.weight, x.reshape(-1, x.size(-1)), targets.reshape(-1))
-        logits = self.lm_head(x)                                             # (B, T, V)
+        logits = self.lm_head(x)                                             # (B, T, V) or (N, V)
         # The loss in fp32 even under autocast: log-softmax over 30k classes in bf16 is too coarse.
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1, reduction=reduction)
         return logits, loss
 

@@ -106,7 +106,10 @@ def export_hf(model: GPT, tokenizer_dir, out_dir, eot_id: int = EOT_ID, dtype: t
     if missing or unexpected:
         raise ZhgptError(f"export to {model_type}: weights do not line up (missing {missing[:4]}, unexpected {unexpected[:4]})")
     hf.to(dtype)
-    hf.generation_config = GenerationConfig(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id,
+    # A chat model ends its turn with <|im_end|>: transformers' generate() stops there as well.
+    eos = [eot_id] + chat_end_ids(tokenizer_dir)
+    hf.generation_config = GenerationConfig(bos_token_id=eot_id, eos_token_id=eos if len(eos) > 1 else eot_id,
+                                            pad_token_id=eot_id,
                                             do_sample=True, temperature=0.8, top_k=50, top_p=0.95,
                                             max_new_tokens=100)
     with atomic_dir(out_dir) as tmp:
@@ -120,6 +123,14 @@ def export_hf(model: GPT, tokenizer_dir, out_dir, eot_id: int = EOT_ID, dtype: t
             tcfg["model_max_length"] = model.cfg.block_size
             save_json(tcfg_path, tcfg)
     return out_dir
+
+def chat_end_ids(tokenizer_dir) -> list[int]:
+    """[id of <|im_end|>] when the tokenizer has the chat tokens, else []."""
+    from zhgpt.data.chat_template import IM_END
+    from zhgpt.data.tokenizer import load_tokenizer
+    tid = load_tokenizer(Path(tokenizer_dir)).token_to_id(IM_END)
+    return [] if tid is None else [tid]
+
 
 # ------------------------------------------------------------------------- reading
 

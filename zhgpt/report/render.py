@@ -12,6 +12,7 @@ import re
 import time
 
 from zhgpt.core import fmt
+from zhgpt.report.chat import HEADS as CHAT_HEADS, NOTE as CHAT_NOTE, chat_columns, chat_rows
 from zhgpt.report.evolution import EVOLUTION_ROWS, STAGES, pick_steps
 from zhgpt.report.runs import (Run, chars_per_token, dig, final_metrics, finite, first_of, run_params,
                                tokens_per_sec, tokens_seen, wall_time)
@@ -173,6 +174,12 @@ def render_md(run: Run, rows: list[tuple[str, str]], table: list[dict], evo: dic
     out += ["## Learning curves", "", "![loss curve](loss_curve.png)", ""]
     out += ["## Loss at selected steps", ""]
     out += [_md_table(LOSS_HEAD, [_loss_cells(r) for r in table]) if table else "_no steps logged yet_", ""]
+    chat = chat_rows(run)
+    if chat:
+        cols = chat_columns(chat)
+        out += ["## Answers", "", _md_table(["step"] + [CHAT_HEADS[c] for c in cols],
+                                            [[str(r["step"])] + [fmt.num(r[c]) for c in cols] for r in chat]),
+                "", f"_{CHAT_NOTE}_", ""]
     out += ["## Sample evolution", ""]
     if not evo:
         out += ["_no samples yet (samples.jsonl missing or empty)_", ""]
@@ -197,6 +204,13 @@ def render_html(run: Run, rows: list[tuple[str, str]], table: list[dict], evo: d
             "<h2>Loss at selected steps</h2>"]
     body.append(_html_table(LOSS_HEAD, [[e(c) for c in _loss_cells(r)] for r in table], num_cols=range(7))
                 if table else '<p class="note">no steps logged yet</p>')
+    chat = chat_rows(run)
+    if chat:
+        cols = chat_columns(chat)
+        body += ["<h2>Answers</h2>", _html_table(["step"] + [CHAT_HEADS[c] for c in cols],
+                                                 [[e(r["step"])] + [e(fmt.num(r[c])) for c in cols] for r in chat],
+                                                 num_cols=range(len(cols) + 1)),
+                 f'<p class="note">{e(CHAT_NOTE)}</p>']
     body.append("<h2>Sample evolution</h2>")
     if not evo:
         body.append('<p class="note">no samples yet (samples.jsonl missing or empty)</p>')

@@ -39,6 +39,10 @@ def state_dict_for_save(model_state: dict, tie_embeddings: bool) -> dict[str, to
 def load_weights(model: GPT, path: Path) -> None:
     """Strict load: a missing or unexpected weight is an error, never silently ignored."""
     sd = load_file(str(path))
+    if any(".lora_A." in k for k in sd) and not any(".lora_A." in k for k in model.state_dict()):
+        # A LoRA run's checkpoint (base and adapters unmerged) loaded as a plain model: merge the adapters.
+        from zhgpt.training.lora import fold_lora
+        sd = fold_lora(sd, float(load_json(Path(path).parent / META)["train"]["lora_alpha"]))
     if model.cfg.tie_embeddings:
         sd["lm_head.weight"] = sd["transformer.wte.weight"]
     missing, unexpected = model.load_state_dict(sd, strict=False)

@@ -93,8 +93,10 @@ class TrainConfig:
         parse_duration(self.time_budget)   # validates
 
 
-def resolve_config(explicit: dict, model_overrides: dict, device: str) -> tuple[TrainConfig, dict, str]:
-    """Merge defaults, preset and explicit flags (or the resumed run's saved config)."""
+def resolve_config(explicit: dict, model_overrides: dict, device: str, cls: type = TrainConfig,
+                   stage_defaults: dict | None = None) -> tuple[TrainConfig, dict, str]:
+    """Merge defaults, preset, a stage's defaults (e.g. SFT's) and explicit flags (or the resumed run's
+    saved config) into a ``cls`` (TrainConfig or a stage's subclass of it)."""
     from zhgpt.model.presets import DEFAULT_CPU_PRESET, DEFAULT_GPU_PRESET, get_preset
 
     if explicit.get("resume"):
@@ -110,7 +112,7 @@ def resolve_config(explicit: dict, model_overrides: dict, device: str) -> tuple[
         base = dict(saved["train"])
         base.update({k: v for k, v in explicit.items()})
         base["out"] = str(run)
-        return TrainConfig(**base), dict(saved["model"]), saved["train"].get("preset", "")
+        return cls(**base), dict(saved["model"]), saved["train"].get("preset", "")
     preset = explicit.get("preset") or (DEFAULT_GPU_PRESET if device.startswith("cuda") else DEFAULT_CPU_PRESET)
     model_fields, train_fields = get_preset(preset)
     if explicit.get("init_from"):
@@ -124,18 +126,18 @@ def resolve_config(explicit: dict, model_overrides: dict, device: str) -> tuple[
         train_fields.update(optimizer="adamw", lr=train_fields["lr"] / 2)
         print(f"zhgpt: note: --fsdp: using AdamW (lr {train_fields['lr']:g}) instead of the {preset} preset's Muon",
               flush=True)
-    merged = {**train_fields, **explicit, "preset": preset}
+    merged = {**train_fields, **(stage_defaults or {}), **explicit, "preset": preset}
     model_fields.update(model_overrides)
-    return TrainConfig(**merged), model_fields, preset
+    return cls(**merged), model_fields, preset
 
 
-def resolve_run_config(cfg: TrainConfig, explicit: dict | None, model_overrides: dict,
-                       device: str) -> tuple[TrainConfig, dict, str]:
+def resolve_run_config(cfg: TrainConfig, explicit: dict | None, model_overrides: dict, device: str,
+                       stage_defaults: dict | None = None) -> tuple[TrainConfig, dict, str]:
     """(config, model fields, preset) of a run. From the CLI, ``explicit`` holds the flags the user typed so
     the preset's defaults sit between the dataclass defaults and the flags; without it (tests, benches)
     ``cfg`` is taken as fully resolved and only the model shape comes from its preset."""
     if explicit is not None:
-        return resolve_config(explicit, model_overrides, device)
+        return resolve_config(explicit, model_overrides, device, type(cfg), stage_defaults)
     from zhgpt.model.presets import get_preset
     preset = cfg.preset or "cpu-tiny"
     model_fields = {**get_preset(preset)[0], **model_overrides}

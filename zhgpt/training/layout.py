@@ -16,6 +16,7 @@ in milliseconds; ``zhgpt.training.runs`` loads models from these folders and
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,18 @@ TOKENIZER = "tokenizer"
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in (Path(run_dir) / CKPT_DIR).glob("step_*") if p.is_dir())
+
+
+def artifact_root() -> Path:
+    """Where new run folders go: $ZHGPT_HOME, else the current folder."""
+    return Path(os.environ.get("ZHGPT_HOME") or ".").resolve()
+
+
+def cache_root() -> Path:
+    """Where data prepared on the fly is cached: $ZHGPT_HOME/cache, else ~/.cache/zhgpt."""
+    home = os.environ.get("ZHGPT_HOME")
+    return Path(home).resolve() / "cache" if home else Path.home() / ".cache" / "zhgpt"
+
 
 
 @dataclass(frozen=True)

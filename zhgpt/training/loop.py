@@ -27,6 +27,7 @@ from zhgpt.training.setup import Trainer
 from zhgpt.training.step import Limits, NonFiniteLoss, lr_at, set_lr, train_step
 
 OnFinish = Callable[[Path, TrainConfig], None]
+STANDARD_VAL = ("val_loss", "val_bpc", "val_ppl")
 
 
 def train(tr: Trainer, on_finish: OnFinish | None = None) -> Path:
@@ -90,13 +91,8 @@ def train(tr: Trainer, on_finish: OnFinish | None = None) -> Path:
 def evaluate_and_sample(tr: Trainer, step: int, elapsed: float, bar=None) -> tuple[dict, bool]:
     """Validation loss / bits per char, the samples, and their records (rank 0 writes them).
     Returns (metrics, whether the validation loss is the best so far)."""
-    from zhgpt.training.evaluation import evaluate_split
-
     dist, state = tr.dist, tr.state
-    rank, world = dist.eval_shards
-    m = evaluate_split(tr.raw_model, tr.val_split, tr.mcfg.block_size, tr.device, tr.amp_dtype,
-                       batch_size=tr.cfg.batch_size, max_tokens=tr.cfg.eval_tokens or None, rank=rank,
-                       world_size=world, reduce=dist.sum if world > 1 else None)
+    m = tr.stage.evaluate(tr)
     if dist.master or dist.all_ranks_forward:
         write_samples(tr, step, elapsed, m, bar)
     best = state["best_val"] is None or m["val_loss"] < state["best_val"]
@@ -106,8 +102,10 @@ def evaluate_and_sample(tr: Trainer, step: int, elapsed: float, bar=None) -> tup
            **{k: v for k, v in m.items() if k.startswith("val_") and k != "val_partial"}}
     if dist.master:
         append_jsonl(tr.run.metrics, rec)
-        tr.logger.log_scalars(step, {k: m[k] for k in ("val_loss", "val_bpc", "val_ppl")})
-        say(f"eval step {step}: val loss {m['val_loss']:.4f} | bpc {m['val_bpc']:.4f} | ppl {m['val_ppl']:.2f}", bar)
+        tr.logger.log_scalars(step, {k: v for k, v in rec.items() if k.startswith("val_")})
+        extra = "".join(f" | {k[4:]} {m[k]:.3f}" for k in m if k.startswith("val_") and k not in STANDARD_VAL
+                        and isinstance(m[k], float))
+        say(f"eval step {step}: val loss {m['val_loss']:.4f} | bpc {m['val_bpc']:.4f} | ppl {m['val_ppl']:.2f}{extra}", bar)
     return m, best
 
 
@@ -119,7 +117,7 @@ def write_samples(tr: Trainer, step: int, elapsed: float, metrics: dict, bar=Non
     tr.raw_model.eval()
     for prompt in sampler.prompts:
         with autocast_ctx(tr.device, tr.amp_dtype):
-            text = sampler.engine.generate(prompt, sampler.params).texts[0]
+            text = sampler.engine.generate(sampler.format(prompt), sampler.params).texts[0]
         outs.append(text)
         if master:
             append_jsonl(tr.run.samples, {"step": step, "tokens_seen": tr.state["tokens_seen"],
@@ -203,14 +201,15 @@ def finish(tr: Trainer, step: int, elapsed: float, last_val: dict, on_finish: On
         if dist.master:
             final_model = GPT(tr.mcfg)
             final_model.load_state_dict(full)
+    if dist.master and cfg.export:
+        final_model = tr.stage.final_model(final_model)
     if dist.master:
         tr.run_info.update({"status": "completed", "steps": step, "tokens_seen": state["tokens_seen"],
                             "elapsed_s": round(elapsed, 1),
                             "final": {k: last_val.get(k) for k in ("val_loss", "val_bpc", "val_ppl")},
                             "tokens_per_sec": round(state["tokens_seen"] / max(elapsed, 1e-9), 1)})
         if cfg.export:
-            from zhgpt.model.hf import export_hf
-            export_hf(final_model, tr.ds.tokenizer_dir, run.final)
+            tr.stage.export(tr, final_model)
             tr.run_info["export"] = str(run.final)
         save_json(run.info, tr.run_info)
         if on_finish is not None:
@@ -218,7 +217,7 @@ def finish(tr: Trainer, step: int, elapsed: float, last_val: dict, on_finish: On
         print(f"done: {step} steps, {state['tokens_seen']:,} tokens in {clock(elapsed)} | val loss "
               f"{last_val.get('val_loss', float('nan')):.4f} | {last_val.get('val_bpc', float('nan')):.4f} bits/char")
         print(f"run folder: {run.root}")
-        print(f"try it: zhgpt generate --model {run.root} --prompt 人工智能是")
+        print(f"try it: {tr.stage.try_it(run.root)}")
     return run.root
 
 

@@ -51,7 +51,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float, muon: bool) -> tup
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))      # tied weights appear once
-        is_embedding = name.startswith(("transformer.wte", "transformer.wpe"))
+        # `no_decay`: set on weights that must not decay (LoRA: embeddings of which only some rows train)
+        is_embedding = name.startswith(("transformer.wte", "transformer.wpe")) or getattr(p, "no_decay", False)
         if muon and p.dim() == 2 and name.startswith("transformer.h."):
             matrices.append(p)
         elif p.dim() >= 2 and not is_embedding:

@@ -3,15 +3,13 @@ from), the fine-tuning source of --init-from, the data, the model, the optimizer
 the record of the run (config.json, run.json, the banner, the metric logger).
 
 `setup` does all of it and returns the `Trainer` that the loop's phases (``zhgpt.training.loop``) share.
-A stage that trains on other batches with another loss (SFT, DPO) builds the same object with its own
-``batches`` and ``loss_fn``.
+What differs between stages (the data, the batches, the loss, the evaluation, the export) comes from a
+``zhgpt.training.stage.Stage``: pre-training by default, SFT and DPO with their own.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -19,34 +17,19 @@ from pathlib import Path
 
 import torch
 
-from zhgpt.config import parse_duration, print_config, save_json
+from zhgpt.config import print_config, save_json
 from zhgpt.core.device import dtype_name, hardware_info, resolve_dtype
 from zhgpt.core.files import atomic_write_text
 from zhgpt.errors import ZhgptError
 from zhgpt.model.gpt import GPT, ModelConfig
-from zhgpt.training.config import DEFAULT_PROMPTS, TrainConfig
+from zhgpt.model.vocab import pad_vocab
+from zhgpt.training.config import TrainConfig
 from zhgpt.training.distributed import Dist
 from zhgpt.training.logger import Logger
 from zhgpt.training.optim import Optimizers, build_optimizers
-from zhgpt.training.layout import RunFolder
-from zhgpt.training.step import BatchSource, Limits, LossFn, lm_loss
-
-
-def artifact_root() -> Path:
-    return Path(os.environ.get("ZHGPT_HOME") or ".").resolve()
-
-
-def cache_root() -> Path:
-    home = os.environ.get("ZHGPT_HOME")
-    return Path(home).resolve() / "cache" if home else Path.home() / ".cache" / "zhgpt"
-
-
-@dataclass
-class Sampler:
-    """The samples written at every evaluation: fixed prompts, settings and seed, comparable across steps."""
-    prompts: list[str]
-    engine: object              # zhgpt.model.engine.Engine on the raw model
-    params: object              # zhgpt.model.engine.SamplingParams
+from zhgpt.training.layout import RunFolder, artifact_root
+from zhgpt.training.stage import Sampler, Stage
+from zhgpt.training.step import BatchSource, Limits, LossFn
 
 
 @dataclass
@@ -71,18 +54,20 @@ class Trainer:
     full_config: dict
     run_info: dict
     amp_dtype: torch.dtype
-    loss_fn: LossFn = lm_loss
+    stage: Stage
+    loss_fn: LossFn                # the stage's loss (a field, so a test or bench can swap it)
 
     @property
     def device(self) -> str:
         return self.dist.device
 
 
-def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenizer_asked: bool) -> Trainer:
+def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokenizer_asked: bool,
+          stage: Stage | None = None) -> Trainer:
     """Everything before the first step, in order (the order of torch RNG use is part of reproducibility)."""
-    from zhgpt.training.loader import TrainBatches
     from zhgpt.training.logger import make_logger
 
+    stage = stage or Stage()
     device = dist.device
     amp_dtype = resolve_dtype(cfg.dtype, device)
     if device.startswith("cuda"):
@@ -91,8 +76,9 @@ def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokeniz
     run, ckpt = open_run_folder(cfg, quiet=not dist.master)
     cfg, model_fields, init_model, tokenizer_asked = fine_tuning_source(cfg, model_fields, tokenizer_asked,
                                                                         ckpt is not None, dist.master)
-    ds = load_data(cfg, dist, tokenizer_asked)
-    mcfg, raw_model = build_model(cfg, model_fields, ds, init_model, ckpt, device, quiet=not dist.master)
+    ds = stage.load_data(cfg, model_fields, run, dist, tokenizer_asked)
+    mcfg, raw_model = build_model(cfg, model_fields, ds, init_model, ckpt, device, quiet=not dist.master,
+                                  adapt=lambda m: stage.adapt_model(m, ds, cfg))
     del init_model
     n_params = (raw_model.num_params(), raw_model.num_params(non_embedding=True))   # counted before sharding
     dist.shard(raw_model)   # FSDP: parameters become shards before the optimizer sees them
@@ -107,10 +93,8 @@ def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokeniz
         cfg = keep_global_batch(cfg, run, dist)
 
     train_split, val_split = ds.split("train"), ds.split("val")
-    batches = TrainBatches(train_split, mcfg.block_size, cfg.batch_size, cfg.grad_accum, cfg.seed,
-                           dist.rank, dist.world)
-    limits = run_limits(cfg, batches.tokens_per_step, n_params[0])
-    prompts = load_prompts(cfg.sample_prompts)
+    batches = stage.batches(ds, mcfg, cfg, dist)
+    limits = stage.limits(cfg, batches, n_params[0])
     full_config, run_info = record_run(cfg, mcfg, preset, ds, train_split, val_split, n_params, dist, amp_dtype,
                                        batches.tokens_per_step, run)
     if dist.master and ckpt is not None:
@@ -122,8 +106,9 @@ def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokeniz
             truncate_jsonl(p, state["step"])
     return Trainer(cfg=cfg, mcfg=mcfg, dist=dist, run=run, ds=ds, val_split=val_split, model=model,
                    raw_model=raw_model, optimizer=optimizer, scaler=scaler, batches=batches, limits=limits,
-                   state=state, logger=logger, sampler=make_sampler(cfg, raw_model, ds, prompts),
-                   full_config=full_config, run_info=run_info, amp_dtype=amp_dtype)
+                   state=state, logger=logger, sampler=stage.sampler(cfg, raw_model, ds),
+                   full_config=full_config, run_info=run_info, amp_dtype=amp_dtype, stage=stage,
+                   loss_fn=stage.loss_fn)
 
 
 # ------------------------------------------------------------------------- run folder and fine-tuning source
@@ -174,69 +159,7 @@ def fine_tuning_source(cfg: TrainConfig, model_fields: dict, tokenizer_asked: bo
     return cfg, dataclasses.asdict(init_model.cfg), init_model, False
 
 
-# ------------------------------------------------------------------------- data
-
-def load_data(cfg: TrainConfig, dist: Dist, tokenizer_asked: bool):
-    """The run's TokenDataset: rank 0 prepares it, the others wait and then open the cached result."""
-    if dist.master:
-        ds = prepare_data(cfg, False, tokenizer_asked)
-    dist.barrier()
-    if not dist.master:
-        ds = prepare_data(cfg, True, tokenizer_asked)
-    return ds
-
-
-def prepare_data(cfg: TrainConfig, quiet: bool, tokenizer_asked: bool = True):
-    """A TokenDataset from --data: a prepared folder as is, or sources prepared into the cache.
-    ``tokenizer_asked``: the user chose --tokenizer (not just the preset), so a prepared dataset must match it."""
-    from zhgpt.data.shards import META, TokenDataset
-
-    if len(cfg.data) == 1 and (Path(cfg.data[0]) / META).is_file():
-        ds = TokenDataset(cfg.data[0])
-        if cfg.tokenizer and tokenizer_asked:
-            kind = ds.meta.get("tokenizer_kind", "")
-            asked = cfg.tokenizer
-            same = asked == kind if asked in ("bpe", "unigram", "char") else _same_tokenizer(asked, ds)
-            if not same:
-                raise ZhgptError(f"{cfg.data[0]} was prepared with the {kind!r} tokenizer, but --tokenizer "
-                                 f"{asked} was asked for; drop --tokenizer, or prepare the data again with it "
-                                 f"(zhgpt data prepare ... --tokenizer {asked})")
-        return ds
-    from zhgpt.data.prepare import DataConfig, main as prepare_main
-    key = json.dumps([cfg.data, cfg.val_data, cfg.tokenizer, cfg.vocab_size], ensure_ascii=False)
-    slug = "-".join(Path(s).name.replace(":", "_") or "data" for s in cfg.data)[:40]
-    out = cache_root() / "data" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-    dcfg = DataConfig(sources=list(cfg.data), out=str(out), tokenizer=cfg.tokenizer or "bpe",
-                      vocab_size=cfg.vocab_size or None, val_source=cfg.val_data or None, quiet=quiet)
-    return TokenDataset(prepare_main(dcfg))
-
-
-def _same_tokenizer(path: str, ds) -> bool:
-    from zhgpt.data.tokenizer import tokenizer_hash
-    return tokenizer_hash(path) == ds.tokenizer_hash
-
-
-def load_prompts(path: str) -> list[str]:
-    if not path:
-        return list(DEFAULT_PROMPTS)
-    try:
-        with open(path, encoding="utf-8") as f:
-            prompts = [line.strip() for line in f if line.strip()]
-    except OSError as e:
-        raise ZhgptError(f"--sample-prompts {path}: cannot read ({e.strerror})")
-    except UnicodeDecodeError:
-        raise ZhgptError(f"--sample-prompts {path}: not UTF-8 text; save it as UTF-8")
-    if not prompts:
-        raise ZhgptError(f"--sample-prompts {path}: the file has no prompts (one per line)")
-    return prompts
-
-
 # ------------------------------------------------------------------------- model, optimizers, resume
-
-def pad_vocab(n: int) -> int:
-    """Round the embedding up to a multiple of 64: matmuls on such shapes are markedly faster on GPUs."""
-    return (n + 63) // 64 * 64
-
 
 def liger_fused_loss(dev_type: str, quiet: bool):
     """Liger's fused linear + cross-entropy (Triton, CUDA only), or None with a note why not."""
@@ -256,23 +179,26 @@ def liger_fused_loss(dev_type: str, quiet: bool):
 
 
 def build_model(cfg: TrainConfig, model_fields: dict, ds, init_model: GPT | None, ckpt: Path | None, device: str,
-                quiet: bool) -> tuple[ModelConfig, GPT]:
-    """The GPT on ``device``: seeded init, then the fine-tuning source's or the checkpoint's weights.
-    The embedding size follows the tokenizer (a preset's vocab_size only describes its default);
-    a fine-tuned model keeps its own."""
+                quiet: bool, adapt=None) -> tuple[ModelConfig, GPT]:
+    """The GPT on ``device``: seeded init, then the fine-tuning source's weights, the stage's ``adapt``
+    (e.g. rows for new tokens, LoRA), then the checkpoint's weights. The embedding size follows the
+    tokenizer (a preset's vocab_size only describes its default); a fine-tuned model keeps its own."""
     from zhgpt.training.checkpoint import WEIGHTS, load_weights
 
     if cfg.init_from:
         mcfg = ModelConfig(**model_fields)
-        if mcfg.vocab_size < ds.vocab_size:
-            raise ZhgptError(f"--init-from model has {mcfg.vocab_size} embeddings but the data's tokenizer "
-                             f"{ds.vocab_size} tokens; the dataset was not tokenised with the model's tokenizer")
     else:
         mcfg = ModelConfig(**{**model_fields, "vocab_size": pad_vocab(ds.vocab_size)})
     torch.manual_seed(cfg.seed)
     model = GPT(mcfg)
     if init_model is not None:
         model.load_state_dict(init_model.state_dict())
+    if adapt is not None:
+        model = adapt(model)
+    mcfg = model.cfg
+    if mcfg.vocab_size < ds.vocab_size:
+        raise ZhgptError(f"--init-from model has {mcfg.vocab_size} embeddings but the data's tokenizer "
+                         f"{ds.vocab_size} tokens; the dataset was not tokenised with the model's tokenizer")
     model.grad_checkpointing = cfg.grad_checkpointing
     if cfg.liger:
         model.fused_loss = liger_fused_loss(device.split(":")[0], quiet)
@@ -331,14 +257,6 @@ def truncate_jsonl(path: Path, step: int) -> None:
 
 # ------------------------------------------------------------------------- limits, record, samples
 
-def run_limits(cfg: TrainConfig, tokens_per_step: int, n_params: int) -> Limits:
-    max_tokens = cfg.max_tokens
-    budget_s = parse_duration(cfg.time_budget)
-    if not (cfg.max_steps or budget_s or max_tokens):
-        max_tokens = 20 * n_params   # Chinchilla: ~20 tokens per parameter is compute-optimal
-    return Limits(cfg.max_steps, max_tokens, budget_s, tokens_per_step)
-
-
 def record_run(cfg: TrainConfig, mcfg: ModelConfig, preset: str, ds, train_split, val_split,
                n_params: tuple[int, int], dist: Dist, amp_dtype: torch.dtype, tokens_per_step: int,
                run: RunFolder) -> tuple[dict, dict]:
@@ -348,7 +266,8 @@ def record_run(cfg: TrainConfig, mcfg: ModelConfig, preset: str, ds, train_split
     data_info = {"path": str(ds.path), "vocab_size": ds.vocab_size, "tokenizer_kind": ds.meta.get("tokenizer_kind"),
                  "train_tokens": train_split.tokens, "train_chars": train_split.chars,
                  "val_tokens": val_split.tokens, "val_chars": val_split.chars,
-                 "chars_per_token": round(train_split.chars_per_token, 4), "sources": ds.meta.get("sources")}
+                 "chars_per_token": round(train_split.chars_per_token, 4), "sources": ds.meta.get("sources"),
+                 **ds.meta.get("record", {})}
     full_config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "data": data_info}
     hw = hardware_info(dist.device)
     dtype = dtype_name(amp_dtype)
@@ -367,15 +286,3 @@ def record_run(cfg: TrainConfig, mcfg: ModelConfig, preset: str, ds, train_split
               f"{hw.get('gpu', hw['cpu'])} | {dtype} | {tokens_per_step:,} tokens/step"
               + (f" | world {dist.world}" if dist.enabled else ""))
     return full_config, run_info
-
-
-def make_sampler(cfg: TrainConfig, model: GPT, ds, prompts: list[str]) -> Sampler:
-    from zhgpt.data.tokenizer import load_tokenizer
-    from zhgpt.model.engine import Engine, SamplingParams
-
-    engine = Engine(model, load_tokenizer(ds.tokenizer_dir), eot_id=ds.eot_id)
-    # Fixed settings and seed so outputs are comparable across steps. Small models end documents after a
-    # token or two (short reviews are common in the data): ask for at least half the sample length.
-    params = SamplingParams(max_new_tokens=cfg.sample_tokens, min_new_tokens=cfg.sample_tokens // 2,
-                            temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1, seed=cfg.seed)
-    return Sampler(prompts, engine, params)

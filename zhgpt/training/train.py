@@ -25,7 +25,9 @@ from zhgpt.model.gpt import ModelConfig
 from zhgpt.training.config import DEFAULT_PROMPTS, FINETUNE_LR, TrainConfig, resolve_config, resolve_run_config
 from zhgpt.training.distributed import Dist
 from zhgpt.training.loop import train
-from zhgpt.training.setup import Trainer, artifact_root, cache_root, liger_fused_loss, pad_vocab, prepare_data, setup
+from zhgpt.training.layout import artifact_root, cache_root
+from zhgpt.training.setup import Trainer, liger_fused_loss, pad_vocab, setup
+from zhgpt.training.stage import Stage, prepare_data
 from zhgpt.training.step import lm_loss, lr_at, train_step
 
 __all__ = ["DEFAULT_PROMPTS", "FINETUNE_LR", "TrainConfig", "Trainer", "artifact_root", "cache_root",
@@ -34,16 +36,19 @@ __all__ = ["DEFAULT_PROMPTS", "FINETUNE_LR", "TrainConfig", "Trainer", "artifact
 
 
 def main(cfg: TrainConfig, model_overrides: dict | None = None, explicit: dict | None = None,
-         on_finish: Callable[[Path, TrainConfig], None] | None = None) -> Path:
+         on_finish: Callable[[Path, TrainConfig], None] | None = None, stage: Stage | None = None) -> Path:
     """Train. ``cfg`` fully resolved when called from tests; from the CLI, ``explicit`` holds the flags
     the user typed so preset defaults can sit between dataclass defaults and flags. ``on_finish(run_dir,
-    cfg)`` runs on rank 0 after the run is complete (``zhgpt.pipeline`` passes the report)."""
+    cfg)`` runs on rank 0 after the run is complete (``zhgpt.pipeline`` passes the report). ``stage``:
+    pre-training by default; `zhgpt sft` / `zhgpt dpo` pass theirs (with their TrainConfig subclass)."""
+    stage = stage or Stage()
     device = resolve_device(cfg.device)
-    cfg, model_fields, preset = resolve_run_config(cfg, explicit, model_overrides or {}, device)
+    cfg, model_fields, preset = resolve_run_config(cfg, explicit, model_overrides or {}, device,
+                                                   stage.defaults(explicit or {}))
     dist = Dist(device, fsdp=cfg.fsdp)
     try:
         trainer = setup(cfg, model_fields, preset, dist,
-                        tokenizer_asked=explicit is None or "tokenizer" in explicit)
+                        tokenizer_asked=explicit is None or "tokenizer" in explicit, stage=stage)
         run_dir = train(trainer, on_finish=on_finish)
         # Leave together: a rank that tore gloo down while rank 0 was still writing the end of the run
         # aborted now and then ("terminate called without an active exception", 1 run in ~10 under torchrun).
