@@ -97,7 +97,8 @@ LOOP_CHARS = 12          # a rejected continuation repeats the first this-many c
 
 
 def builtin_preferences(split: str = "train", tasks: tuple[str, ...] = ("sentiment", "continuation")):
-    """Preference pairs derived from the same built-in tasks (``zhgpt dpo`` with no data):
+    """Preference pairs derived from the same built-in tasks (``zhgpt dpo`` with no data uses the continuation
+    ones: the sentiment pairs teach what SFT already taught):
 
     - sentiment: the right label is chosen, the other label rejected;
     - continuation: the real next part of the article is chosen; rejected is the same length of text that

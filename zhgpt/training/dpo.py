@@ -1,6 +1,6 @@
 """`zhgpt dpo`: direct preference optimisation of a chat model (Rafailov et al., 2023).
 
-    zhgpt dpo --init-from runs/chat                          # built-in pairs (sentiment, anti-repetition)
+    zhgpt dpo --init-from runs/chat                          # built-in pairs: real text over loops
     zhgpt dpo --init-from runs/chat --data pairs.jsonl --beta 0.1
 
 The SFT stage with another loss. For each pair, with log p the summed log-probability of an answer given its
@@ -34,20 +34,28 @@ from zhgpt.errors import ZhgptError
 from zhgpt.training.chat_data import LN2
 from zhgpt.training.sft import SFTConfig, SFTStage
 
-# DPO moves a model that already answers: a tenth of SFT's rate (the DPO paper and TRL use 5e-7..5e-6 for 7B models).
-DPO_LR_SCALE = 0.1
+# DPO moves a model that already answers: a third of SFT's rate (measured on the built-in pairs, bench/RESULTS.md:
+# a tenth barely moved the 7M CPU model in 200 steps, the full rate broke its answers; the DPO paper and TRL use
+# 5e-7..5e-6 for 7B models).
+DPO_LR_SCALE = 1 / 3
 
 
 @dataclass
 class DPOConfig(SFTConfig):
-    data: list[str] = opt(help="preference pair files, JSONL or JSON ({prompt|messages, chosen, rejected}), or "
-                               "builtin, builtin:sentiment, builtin:continuation (derived from the built-in corpus)",
-                          factory=lambda: ["builtin"])
+    data: list[str] = opt(help="preference pair files, JSONL or JSON ({prompt|messages, chosen, rejected}), or the "
+                               "built-in pairs: builtin:continuation (real news text chosen over a loop on its first "
+                               "words), builtin:sentiment (right label over wrong), builtin (both)",
+                          factory=lambda: ["builtin:continuation"])
     val_data: str = opt("", "preference pairs used as the validation split (default: 5 % of --data held out by "
                             "hash; the built-in set has its own held-out split)")
     init_from: str = opt("", "the model to improve (required), usually a `zhgpt sft` run; a frozen copy of it is the "
                              "reference")
+    lr: float = opt(3e-4, "peak learning rate: a third of zhgpt sft's for the same model and optimizer unless given")
     beta: float = opt(0.1, "DPO beta: the strength of the pull back to the reference (larger = stay closer)")
+    rpo_alpha: float = opt(1.0, "weight of the chosen answers' mean token NLL added to the DPO loss (RPO, Pang et al. "
+                                "2024; TRL's rpo_alpha; 0 = plain DPO): keeps DPO from lowering the chosen answers' own "
+                                "probability (measured: plain DPO stopped the 7M model's loops by making it answer "
+                                "in 2-3 characters)")
     eval_pairs: int = opt(256, "held-out pairs scored at every evaluation (0 = all)")
 
     def __post_init__(self):
@@ -82,7 +90,7 @@ class DPOStage(SFTStage):
 
     def load_data(self, cfg: DPOConfig, model_fields: dict, run, dist, tokenizer_asked: bool):
         from zhgpt.training.pair_data import load_pair_data
-        self.beta = cfg.beta
+        self.beta, self.rpo_alpha = cfg.beta, cfg.rpo_alpha
         return load_pair_data(cfg, model_fields["block_size"], run, dist)
 
     def adapt_model(self, model, data, cfg: DPOConfig):
@@ -114,8 +122,13 @@ class DPOStage(SFTStage):
 
     def loss_fn(self, model, batch) -> torch.Tensor:
         x, y = batch
-        loss, _ = dpo_terms(sequence_logps(model, x, y), self.ref_logps(x, y), self.beta)
-        return loss.mean()
+        policy = sequence_logps(model, x, y)
+        loss, _ = dpo_terms(policy, self.ref_logps(x, y), self.beta)
+        if not self.rpo_alpha:
+            return loss.mean()
+        b = x.shape[0] // 2
+        chosen_tokens = (y[:b] != -1).sum()
+        return loss.mean() + self.rpo_alpha * (-policy[:b].sum() / chosen_tokens)
 
     @torch.no_grad()
     def evaluate(self, tr) -> dict:
