@@ -6,8 +6,9 @@
 1. a base model: `zhgpt train --max-steps 300` on the built-in corpus (cpu-tiny), unless --base is given;
 2. the built-in sentiment conversations («这条评论是正面还是负面？\\n{review}» -> 正面 / 负面, labels from the
    file each review comes from) written as OpenAI-format JSONL, train and held-out splits;
-3. `zhgpt sft --data train.jsonl --val-data val.jsonl --max-steps N --batch-size 32`: full, --lora, and
-   --lora --lora-embeddings (the other flags at their defaults: packing, the base's optimizer);
+3. `zhgpt sft --data train.jsonl --val-data val.jsonl --max-steps N --batch-size 32`: full, --lora (adapters,
+   embedding rows, final norm), and --lora --no-lora-embeddings (the other flags at their defaults: packing,
+   the base's optimizer);
 4. each RUN/final loaded with transformers' AutoModelForCausalLM + AutoTokenizer, every held-out review
    formatted with apply_chat_template and answered greedily: exact-match accuracy.
 
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-MODES = {"full": [], "lora": ["--lora"], "lora-emb": ["--lora", "--lora-embeddings"]}
+MODES = {"full": [], "lora": ["--lora"], "lora-adapters-only": ["--lora", "--no-lora-embeddings"]}
 
 
 def run(cmd: list[str]) -> dict:
@@ -66,7 +67,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "sft_sentiment"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sft_sentiment.json"))
-    ap.add_argument("--modes", default="full,lora,lora-emb")
+    ap.add_argument("--modes", default="full,lora,lora-adapters-only")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
 

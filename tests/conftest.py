@@ -139,5 +139,13 @@ def sft_run(trained_run, sft_files, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def lora_run(trained_run, sft_files, tmp_path_factory):
+    """LoRA with the adapters alone (--no-lora-embeddings): what changes can be checked weight by weight."""
     return run_sft(trained_run, sft_files, tmp_path_factory.mktemp("runs") / "lora", lora=True, lora_rank=4,
-                lr=1e-2)
+                   lr=1e-2, lora_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def lora_emb_run(trained_run, sft_files, tmp_path_factory):
+    """LoRA at its defaults: adapters, every embedding row and the final norm."""
+    return run_sft(trained_run, sft_files, tmp_path_factory.mktemp("runs") / "lora-emb", lora=True, lora_rank=4,
+                   lr=1e-2, max_steps=10)

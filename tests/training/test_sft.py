@@ -174,8 +174,10 @@ def test_lora_trains_only_adapters_new_rows_and_final_norm(lora_run, trained_run
 
 
 @pytest.mark.slow
-def test_lora_final_is_merged_and_adapter_loads_in_peft(lora_run):
+@pytest.mark.parametrize("run_name", ["lora_run", "lora_emb_run"])
+def test_lora_final_is_merged_and_adapter_loads_in_peft(run_name, request):
     from peft import PeftModel
+    lora_run = request.getfixturevalue(run_name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     final = AutoModelForCausalLM.from_pretrained(str(lora_run / "final")).eval()
     adapter_cfg = json.loads((lora_run / "adapter" / "adapter_config.json").read_text())

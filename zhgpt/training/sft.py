@@ -65,14 +65,15 @@ class SFTConfig(TrainConfig):
                                   "(default: held-out questions and two general ones)")
     sample_tokens: int = opt(64, "tokens of each sample answer at most")
     # ---- LoRA
-    lora: bool = opt(False, "train LoRA adapters (peft) and the new tokens' rows instead of every weight, with "
-                            f"AdamW at --lr {LORA_LR:g} by default")
+    lora: bool = opt(False, "train LoRA adapters (peft), the embedding rows and the final norm instead of every "
+                            f"weight, with AdamW at --lr {LORA_LR:g} by default")
     lora_rank: int = opt(8, "LoRA rank r")
     lora_alpha: float = opt(16.0, "LoRA alpha (updates are scaled by alpha / r)")
     lora_dropout: float = opt(0.0, "dropout on the LoRA input")
-    lora_embeddings: bool = opt(False, "with --lora, also train every token's embedding row (tied to the output layer "
-                                       "in GPT-2; vocab x n_embd more trainable weights): small models need it when the "
-                                       "task depends on word meanings (see bench/RESULTS.md)")
+    lora_embeddings: bool = opt(True, "with --lora, also train every token's embedding row (peft trainable tokens; tied "
+                                      "to the output layer in GPT-2; vocab x n_embd more trainable weights). Measured on "
+                                      "the 7M CPU model: 82.8 % held-out sentiment accuracy with them, 59.7 % with the "
+                                      "adapters alone (--no-lora-embeddings)")
     lora_targets: list[str] = opt(help=f"layers that get adapters: {', '.join(TARGETS)}", factory=lambda: list(TARGETS))
 
     def __post_init__(self):
