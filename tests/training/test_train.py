@@ -134,6 +134,54 @@ def _losses(run):
 
 
 @pytest.mark.slow
+def test_save_every_minutes_checkpoints_between_evaluations(pd_dataset, tmp_path):
+    out = tmp_path / "timed"
+    run_cli(*_train_args(pd_dataset, out, 12, ["--eval-every", "1000", "--save-every-minutes", "0.0001",
+                                              "--keep-last", "100"]), check=True)
+    steps = sorted(int(c.name.split("_")[1]) for c in (out / "checkpoints").glob("step_*"))
+    assert len(steps) >= 6 and steps[-1] == 12     # a step-based save would have come only at the end
+
+
+def test_a_second_sigterm_exits_at_once():
+    code = ("import os, signal\nfrom zhgpt.training.loop import Preemption\np = Preemption()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\nprint('first', p.signum, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\nprint('not reached')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.split() == ["first", str(int(signal.SIGTERM))] and res.returncode == 128 + signal.SIGTERM
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_it_stopped_at_and_resume_is_exact(pd_dataset, tmp_path):
+    """A provider's SIGTERM with no periodic checkpoints (--eval-every beyond the run): exit 0, a checkpoint at
+    the step it stopped after, the resume command, and after --resume the uninterrupted run's losses bit for bit."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref, stopped = tmp_path / "ref", tmp_path / "stopped"
+    no_saves = ["--eval-every", "1000"]
+    subprocess.run([sys.executable, "-m", "zhgpt", *_train_args(pd_dataset, ref, 30, no_saves)], env=env, check=True,
+                   capture_output=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, "-m", "zhgpt", *_train_args(pd_dataset, stopped, 30, no_saves)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        m = stopped / "metrics.jsonl"
+        if m.is_file() and any(r.get("step") == 12 and "loss" in r for r in read_jsonl(m)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    last = max(_losses(stopped))
+    assert 12 <= last < 30
+    assert [c.name for c in (stopped / "checkpoints").glob("step_*")] == [f"step_{last:07d}"]
+    assert f"SIGTERM: stopped after step {last}" in out and f"zhgpt train --resume {stopped}" in out
+    assert json.loads((stopped / "run.json").read_text())["status"] == "preempted"
+    res = subprocess.run([sys.executable, "-m", "zhgpt", "train", "--resume", str(stopped)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _losses(ref) == _losses(stopped) and sorted(_losses(stopped)) == list(range(1, 31))
+
+
+@pytest.mark.slow
 def test_sigkill_and_resume_reproduces_the_uninterrupted_run_bitwise(pd_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}   # same thread count in every process: bitwise equality
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"

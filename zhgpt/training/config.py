@@ -61,6 +61,8 @@ class TrainConfig:
     sample_prompts: str = opt("", "file with one prompt per line for the samples at every evaluation")
     sample_tokens: int = opt(48, "tokens generated per sample prompt")
     save_every: int = opt(0, "checkpoint every N steps (0 = at every evaluation)")
+    save_every_minutes: float = opt(0.0, "also checkpoint when this many minutes have passed since the last such "
+                                         "checkpoint (0 = off); SIGTERM / SIGUSR1 always checkpoint and stop")
     keep_last: int = opt(2, "checkpoints kept besides the best one")
     log_every: int = opt(10, "steps between log lines / metrics records")
     # `--logger` is the same flag: torchrun's parser rejects `--log` as an ambiguous prefix of its --log-dir.
@@ -90,6 +92,8 @@ class TrainConfig:
                 raise ZhgptError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ZhgptError(f"--lr must be positive, got {self.lr}")
+        if self.save_every_minutes < 0:
+            raise ZhgptError(f"--save-every-minutes must be >= 0, got {self.save_every_minutes}")
         parse_duration(self.time_budget)   # validates
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ def train(tr: Trainer, on_finish: OnFinish | None = None) -> Path:
     last_val: dict = {}
     meter = Throughput()
     bar = make_bar(dist.master, cfg, tr.limits, step)
+    preempt, save_clock = Preemption(), SaveClock(cfg.save_every_minutes)
     try:
         while True:
             elapsed = time.time() - t_start
@@ -51,6 +53,8 @@ def train(tr: Trainer, on_finish: OnFinish | None = None) -> Path:
                     save(tr, step, elapsed, last_val, best)
             elif cfg.save_every and step % cfg.save_every == 0 and step > 0:
                 save(tr, step, elapsed, last_val, best=False)
+            if step > 0 and step != state.get("saved_step") and save_clock.due(dist):
+                save(tr, step, elapsed, last_val, best=False)      # --save-every-minutes
             if last:
                 break
             # -- one optimizer step
@@ -66,6 +70,9 @@ def train(tr: Trainer, on_finish: OnFinish | None = None) -> Path:
             # -- log
             if step % cfg.log_every == 0 and dist.master:
                 log_step(tr, step, loss, lr, grad_norm, t_start, meter, bar)
+            # -- preempted (SIGTERM / SIGUSR1): checkpoint this step and stop
+            if preempt.requested(dist):
+                return preempted(tr, step, time.time() - t_start, last_val, preempt.signum, bar)
     except NonFiniteLoss as e:
         raise ZhgptError(nonfinite_advice(tr, step, e.loss)) from None
     except KeyboardInterrupt:
@@ -80,10 +87,81 @@ def train(tr: Trainer, on_finish: OnFinish | None = None) -> Path:
             raise ZhgptError(oom_advice(cfg, tr.device))
         raise
     finally:
+        preempt.restore()
         if bar is not None:
             bar.close()
         tr.logger.close()
     return finish(tr, step, time.time() - t_start, last_val, on_finish)
+
+
+class SaveClock:
+    """--save-every-minutes: a checkpoint once that much wall time has passed since the last one it asked for
+    (besides the step-based ones), so a preempted or crashed run loses at most that much. Ranks agree through
+    an all-reduce, as their clocks differ."""
+
+    def __init__(self, minutes: float):
+        self.period, self.last = minutes * 60, time.time()
+
+    def due(self, dist) -> bool:
+        if not self.period:
+            return False
+        now = time.time()
+        due = now - self.last >= self.period
+        if dist.enabled:
+            due = dist.sum(float(due)) > 0
+        if due:
+            self.last = now
+        return due
+
+
+class Preemption:
+    """SIGTERM or SIGUSR1 (how a cloud provider stops a rented machine): the loop finishes the step it is in,
+    writes a checkpoint and exits 0 with the resume command. A second signal exits at once. Under torchrun
+    every rank gets the signal, maybe at different steps: the ranks agree on stopping through an all-reduce."""
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        import signal
+        self.signum, self.previous = None, {}
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:     # not the main thread (a run started from a server or a notebook thread)
+                pass
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def requested(self, dist) -> bool:
+        if not dist.enabled:
+            return self.signum is not None
+        return dist.sum(float(self.signum is not None)) > 0
+
+    def restore(self) -> None:
+        import signal
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def preempted(tr: Trainer, step: int, elapsed: float, last_val: dict, signum, bar=None) -> Path:
+    """The end of a preempted run: a checkpoint at ``step`` (all ranks take part), run.json says so, and the
+    command that continues it."""
+    import signal
+    if step != tr.state.get("saved_step"):
+        save(tr, step, elapsed, last_val, best=False)
+    if tr.dist.master:
+        tr.run_info.update({"status": "preempted", "steps": step, "tokens_seen": tr.state["tokens_seen"],
+                            "elapsed_s": round(elapsed, 1)})
+        save_json(tr.run.info, tr.run_info)
+        name = signal.Signals(signum).name if signum else "a signal"
+        say(f"{name}: stopped after step {step} with a checkpoint; continue with "
+            f"`zhgpt {tr.stage.name} --resume {tr.run.root}`", bar)
+    return tr.run.root
 
 
 # ------------------------------------------------------------------------- evaluate + sample
