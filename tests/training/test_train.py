@@ -142,6 +142,15 @@ def test_save_every_minutes_checkpoints_between_evaluations(pd_dataset, tmp_path
     assert len(steps) >= 6 and steps[-1] == 12     # a step-based save would have come only at the end
 
 
+@pytest.mark.slow
+def test_every_logged_step_has_an_mfu_from_the_measured_peak(trained_run, zhgpt_home):
+    rows = [m for m in read_jsonl(Path(trained_run) / "metrics.jsonl") if "loss" in m]
+    assert rows and all(0 < m["mfu"] < 1 for m in rows)
+    peaks = json.loads((zhgpt_home / "cache" / "peak_flops.json").read_text())
+    assert peaks and all(1e9 < v < 1e16 for v in peaks.values())      # measured once, cached per machine
+    assert "MFU" in (Path(trained_run) / "report.md").read_text(encoding="utf-8")
+
+
 def test_a_second_sigterm_exits_at_once():
     code = ("import os, signal\nfrom zhgpt.training.loop import Preemption\np = Preemption()\n"
             "os.kill(os.getpid(), signal.SIGTERM)\nprint('first', p.signum, flush=True)\n"

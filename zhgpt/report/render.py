@@ -89,12 +89,19 @@ def summary_rows(run: Run) -> list[tuple[str, str]]:
         ("tokens seen", fmt.count(tokens_seen(run))),
         ("tokens/s", fmt.count(tokens_per_sec(run)) + (f" ({fmt.count(info['tokens_per_step'])} tokens/step)"
                                                      if finite(info.get("tokens_per_step")) else "")),
+        ("MFU", _mfu_text(run)),
         ("steps", str(run.metrics[-1]["step"]) if run.metrics else "0"),
         ("final val loss", fmt.num(fin["val_loss"]) + (f" (best {best:.3f})" if best is not None else "")),
         ("final val BPC", fmt.num(fin["val_bpc"])),
         ("final val perplexity", fmt.num(fin["val_ppl"], 1)),
     ]
     return rows
+
+
+def _mfu_text(run: Run) -> str:
+    """Median model FLOPs utilisation of the logged steps (the first log line includes start-up)."""
+    vals = sorted(v for v in (finite(t.get("mfu")) for t in run.train[1:]) if v is not None)
+    return f"{vals[len(vals) // 2]:.1%} (median of {len(vals)} log lines)" if vals else "–"
 
 
 def md_cell(text) -> str:

@@ -254,18 +254,22 @@ def log_step(tr: Trainer, step: int, loss: float, lr: float, grad_norm, t_start:
     rec = {"step": step, "tokens_seen": tr.state["tokens_seen"], "loss": loss, "lr": lr,
            "grad_norm": float(grad_norm), "tokens_per_sec": round(tps, 1),
            "elapsed_s": round(elapsed, 2), "eta_s": round(eta, 1)}
+    if tr.peak_flops:
+        from zhgpt.training.mfu import mfu
+        rec["mfu"] = round(mfu(tps, tr.flops_per_token, tr.peak_flops, tr.dist.world), 5)
     mem = memory_mb(tr.device)
     if mem:
         rec["memory_mb"] = mem
     append_jsonl(tr.run.metrics, rec)
-    tr.logger.log_scalars(step, {k: rec[k] for k in ("loss", "lr", "grad_norm", "tokens_per_sec")}
-                          | ({"memory_mb": mem} if mem else {}))
+    tr.logger.log_scalars(step, {k: rec[k] for k in ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "memory_mb")
+                                 if k in rec})
     if bar is not None:
         bar.set_postfix_str(f"loss {loss:.3f} {tps / 1000:.1f}k tok/s")
         bar.n = min(int(elapsed) if bar.unit == "s" else step, bar.total)
         bar.refresh()
     else:
-        print(f"step {step} | loss {loss:.4f} | lr {lr:.2e} | {tps / 1000:.1f}k tok/s | {clock(elapsed)} | "
+        util = f" | MFU {rec['mfu']:.1%}" if "mfu" in rec else ""
+        print(f"step {step} | loss {loss:.4f} | lr {lr:.2e} | {tps / 1000:.1f}k tok/s{util} | {clock(elapsed)} | "
               f"ETA {clock(eta)}", flush=True)
 
 

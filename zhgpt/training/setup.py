@@ -56,6 +56,8 @@ class Trainer:
     amp_dtype: torch.dtype
     stage: Stage
     loss_fn: LossFn                # the stage's loss (a field, so a test or bench can swap it)
+    flops_per_token: float = 0.0   # training FLOPs per token (GPT.flops_per_token), for MFU
+    peak_flops: float = 0.0        # one process's peak FLOP/s in the run's precision (rank 0; 0 = unknown)
 
     @property
     def device(self) -> str:
@@ -81,6 +83,7 @@ def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokeniz
                                   adapt=lambda m: stage.adapt_model(m, ds, cfg))
     del init_model
     n_params = (raw_model.num_params(), raw_model.num_params(non_embedding=True))   # counted before sharding
+    flops_per_token = raw_model.flops_per_token()
     dist.shard(raw_model)   # FSDP: parameters become shards before the optimizer sees them
     optimizer = build_optimizers(raw_model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                  device.split(":")[0], sharded=dist.fsdp)
@@ -97,6 +100,13 @@ def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokeniz
     limits = stage.limits(cfg, batches, n_params[0])
     full_config, run_info = record_run(cfg, mcfg, preset, ds, train_split, val_split, n_params, dist, amp_dtype,
                                        batches.tokens_per_step, run)
+    peak = 0.0
+    if dist.master:
+        from zhgpt.training.layout import cache_root
+        from zhgpt.training.mfu import peak_flops
+        peak, source = peak_flops(device, amp_dtype, cache_root())
+        print(f"peak: {peak / 1e12:.2f} TFLOP/s per process in {dtype_name(amp_dtype)} ({source}); "
+              f"{flops_per_token / 1e6:.1f} MFLOP per token for MFU")
     if dist.master and ckpt is not None:
         print(f"resuming from {ckpt} (step {state['step']})")
     logger = make_logger(cfg.log, run.root, full_config, enabled=dist.master)
@@ -108,7 +118,7 @@ def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokeniz
                    raw_model=raw_model, optimizer=optimizer, scaler=scaler, batches=batches, limits=limits,
                    state=state, logger=logger, sampler=stage.sampler(cfg, raw_model, ds),
                    full_config=full_config, run_info=run_info, amp_dtype=amp_dtype, stage=stage,
-                   loss_fn=stage.loss_fn)
+                   loss_fn=stage.loss_fn, flops_per_token=flops_per_token, peak_flops=peak)
 
 
 # ------------------------------------------------------------------------- run folder and fine-tuning source
