@@ -152,8 +152,10 @@ def test_every_logged_step_has_an_mfu_from_the_measured_peak(trained_run, zhgpt_
 
 
 def test_a_second_sigterm_exits_at_once():
-    code = ("import os, signal\nfrom zhgpt.training.loop import Preemption\np = Preemption()\n"
-            "os.kill(os.getpid(), signal.SIGTERM)\nprint('first', p.signum, flush=True)\n"
+    # The same signal twice at once (torchrun forwarding a group-wide SIGTERM) is one request; a later one exits.
+    code = ("import os, signal, time\nfrom zhgpt.training.loop import Preemption\np = Preemption()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\nos.kill(os.getpid(), signal.SIGTERM)\n"
+            "print('first', p.signum, flush=True)\ntime.sleep(1.2)\n"
             "os.kill(os.getpid(), signal.SIGTERM)\nprint('not reached')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.split() == ["first", str(int(signal.SIGTERM))] and res.returncode == 128 + signal.SIGTERM

@@ -29,6 +29,7 @@ from zhgpt.training.step import Limits, NonFiniteLoss, lr_at, set_lr, train_step
 
 OnFinish = Callable[[Path, TrainConfig], None]
 STANDARD_VAL = ("val_loss", "val_bpc", "val_ppl")
+REPEAT_WINDOW_S = 1.0     # a signal this soon after the first is the same event delivered twice
 
 
 def train(tr: Trainer, on_finish: OnFinish | None = None) -> Path:
@@ -116,13 +117,14 @@ class SaveClock:
 
 class Preemption:
     """SIGTERM or SIGUSR1 (how a cloud provider stops a rented machine): the loop finishes the step it is in,
-    writes a checkpoint and exits 0 with the resume command. A second signal exits at once. Under torchrun
+    writes a checkpoint and exits 0 with the resume command. A second signal (a second or more later) exits at
+once. Under torchrun
     every rank gets the signal, maybe at different steps: the ranks agree on stopping through an all-reduce."""
     SIGNALS = ("SIGTERM", "SIGUSR1")
 
     def __init__(self):
         import signal
-        self.signum, self.previous = None, {}
+        self.signum, self.at, self.previous = None, 0.0, {}
         for name in self.SIGNALS:
             sig = getattr(signal, name, None)
             if sig is None:
@@ -134,8 +136,12 @@ class Preemption:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            os._exit(128 + signum)
-        self.signum = signum
+            # torchrun forwards the signal it gets to its workers: when the whole process group was signalled,
+            # a worker gets it twice at once. Only a second signal that comes later means "stop now".
+            if time.monotonic() - self.at > REPEAT_WINDOW_S:
+                os._exit(128 + signum)
+            return
+        self.signum, self.at = signum, time.monotonic()
 
     def requested(self, dist) -> bool:
         if not dist.enabled:
