@@ -161,30 +161,43 @@ def json_records(path: Path) -> Iterator[tuple[int, object]]:
         raise ZhgptError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the file") from None
 
 
+def parsed_records(path: Path, parse, skip_bad: bool, stats) -> Iterator[tuple[int, object]]:
+    """(line, parse(record, line)) for the records of one file. A record ``parse`` rejects with BadRecord is a
+    one-line error, or with ``skip_bad`` skipped and counted under its reason; ``stats`` counts read and kept.
+    Shared by conversations and preference pairs (``zhgpt.data.preference``)."""
+    for line, rec in json_records(path):
+        stats.read += 1
+        try:
+            if isinstance(rec, BadRecord):
+                raise rec
+            value = parse(rec, line)
+        except BadRecord as e:
+            if not skip_bad:
+                raise ZhgptError(f"{path}:{line}: {e}; fix the record or pass --skip-bad-lines "
+                                 "to skip (and count) such records") from None
+            stats.skipped[e.reason] += 1
+            continue
+        stats.kept += 1
+        yield line, value
+
+
 def read_conversations(paths, skip_bad: bool = False, stats: ChatReadStats | None = None) -> Iterator[Conversation]:
     """Conversations from JSONL/JSON files, format detected per file (see the module docstring)."""
     stats = stats if stats is not None else ChatReadStats()
     for path in map(Path, paths):
         fmt = None
-        for line, rec in json_records(path):
-            stats.read += 1
-            try:
-                if isinstance(rec, BadRecord):
-                    raise rec
-                found = detect_format(rec)
-                fmt = fmt or found
-                if found != fmt:
-                    raise ZhgptError(f"{path}:{line}: this record is in {found} format but the file started in "
-                                     f"{fmt} format; split the file so each holds one format")
-                msgs = parse_record(rec, fmt)
-            except BadRecord as e:
-                if not skip_bad:
-                    raise ZhgptError(f"{path}:{line}: {e}; fix the record or pass --skip-bad-lines "
-                                     "to skip (and count) such records") from None
-                stats.skipped[e.reason] += 1
-                continue
+
+        def parse(rec, line):
+            nonlocal fmt
+            found = detect_format(rec)
+            fmt = fmt or found
+            if found != fmt:
+                raise ZhgptError(f"{path}:{line}: this record is in {found} format but the file started in "
+                                 f"{fmt} format; split the file so each holds one format")
+            return parse_record(rec, fmt)
+
+        for line, msgs in parsed_records(path, parse, skip_bad, stats):
             stats.formats[str(path)] = fmt
-            stats.kept += 1
             yield Conversation(msgs, f"{path}:{line}")
         if fmt is None:
             raise ZhgptError(f"{path}: no conversations in the file")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zhgpt.data.chat import ROLES, BadRecord, Message, json_records
+from zhgpt.data.chat import ROLES, BadRecord, Message, parsed_records
 from zhgpt.data.chat_template import encode, render
 from zhgpt.data.clean import normalize
 from zhgpt.errors import ZhgptError
@@ -93,19 +93,7 @@ def read_pairs(paths, skip_bad: bool = False, stats: PairReadStats | None = None
         if not path.is_file():
             raise ZhgptError(f"{path}: no such file (give JSONL/JSON preference pairs, or builtin)")
         before = stats.read
-        for line, rec in json_records(path):
-            stats.read += 1
-            try:
-                if isinstance(rec, BadRecord):
-                    raise rec
-                context, chosen, rejected = parse_pair(rec)
-            except BadRecord as e:
-                if not skip_bad:
-                    raise ZhgptError(f"{path}:{line}: {e}; fix the record or pass --skip-bad-lines "
-                                     "to skip (and count) such records") from None
-                stats.skipped[e.reason] += 1
-                continue
-            stats.kept += 1
+        for line, (context, chosen, rejected) in parsed_records(path, lambda rec, _: parse_pair(rec), skip_bad, stats):
             out.append(Pair(context, chosen, rejected, f"{path}:{line}"))
         if stats.read == before:
             raise ZhgptError(f"{path}: no preference pairs in the file")

@@ -113,10 +113,14 @@ def read_split_conversations(data: list[str], val_data: str, skip_bad: bool) -> 
     return out, stats
 
 
+def answer_chars(tok, ids: np.ndarray, mask: np.ndarray) -> int:
+    """Characters of the tokens that carry loss (what bits per character divides by)."""
+    return len(tok.decode(ids[1:][mask[1:]].tolist(), skip_special_tokens=True))
+
+
 def encode_split(name: str, convs: list[Conversation], tok, block_size: int) -> ChatSplit:
     ex = encode_conversations(convs, tok, block_size)
-    chars = [len(tok.decode(ids[1:][mask[1:]].tolist(), skip_special_tokens=True)) for ids, mask in zip(ex.ids, ex.mask)]
-    return ChatSplit(name, ex, chars, convs)
+    return ChatSplit(name, ex, [answer_chars(tok, ids, mask) for ids, mask in zip(ex.ids, ex.mask)], convs)
 
 
 def chat_data(cfg, run, dist, splits: dict, record: dict) -> ChatData:

@@ -175,10 +175,6 @@ def configure_parser(p) -> None:
 
 
 def run_cli(args, on_finish=None) -> None:
-    from zhgpt.config import overrides_from_args
-    from zhgpt.training.train import main
-    explicit = overrides_from_args(DPOConfig, args)
-    if not explicit.get("init_from") and not explicit.get("resume"):
-        raise ZhgptError("zhgpt dpo needs --init-from MODEL: usually a `zhgpt sft` run folder (it is also the "
-                         "frozen reference), or a checkpoint or Hugging Face folder")
-    main(DPOConfig(), explicit=explicit, on_finish=on_finish, stage=DPOStage())
+    from zhgpt.training.sft import run_stage_cli
+    run_stage_cli(DPOConfig, DPOStage(), args, on_finish, "usually a `zhgpt sft` run folder (it is also the "
+                  "frozen reference), or a checkpoint or Hugging Face folder")

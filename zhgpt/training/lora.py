@@ -196,11 +196,3 @@ model = PeftModel.from_pretrained(base, "adapter")
 ids = tok.apply_chat_template([{{"role": "user", "content": "你好"}}], add_generation_prompt=True, return_tensors="pt")
 ```
 """
-
-
-def lora_summary(model: torch.nn.Module) -> dict:
-    """Trainable parameters of a LoRA model: the adapters, and the new token rows (counted, not the whole
-    embedding they live in)."""
-    adapters = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
-    return {"adapter_params": adapters, "total_params": sum(p.numel() for p in model.parameters())}
-

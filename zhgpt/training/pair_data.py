@@ -21,7 +21,7 @@ import torch
 from zhgpt.data.chat import Conversation, Message
 from zhgpt.data.sft import SFTExamples, pad_batch
 from zhgpt.errors import ZhgptError
-from zhgpt.training.chat_data import BUILTIN, VAL_PERCENT, ChatData, ChatSplit, PaddedBatches
+from zhgpt.training.chat_data import BUILTIN, VAL_PERCENT, ChatData, ChatSplit, PaddedBatches, answer_chars
 
 
 @dataclass
@@ -70,7 +70,7 @@ def encode_pairs(name: str, pairs, tok, block_size: int) -> PairSplit:
             ex.mask.append(mask)
             ex.truncated += cut
         convs.append(Conversation(p.context + [Message("assistant", p.chosen)], p.source))
-        chars.append(len(tok.decode(c_ids[1:][c_mask[1:]].tolist(), skip_special_tokens=True)))
+        chars.append(answer_chars(tok, c_ids, c_mask))
     return PairSplit(name, chosen, chars, convs, rejected)
 
 

@@ -261,11 +261,17 @@ def configure_parser(p) -> None:
     add_args(p, SFTConfig, defaults_none=True, skip=SKIP_FLAGS)
 
 
-def run_cli(args, on_finish=None) -> None:
+def run_stage_cli(cls, stage: Stage, args, on_finish, needs: str) -> None:
+    """A fine-tuning stage's command line (sft, dpo): its flags over the stage's defaults; --init-from required
+    (``needs`` says what it takes) unless the run is resumed."""
     from zhgpt.config import overrides_from_args
     from zhgpt.training.train import main
-    explicit = overrides_from_args(SFTConfig, args)
+    explicit = overrides_from_args(cls, args)
     if not explicit.get("init_from") and not explicit.get("resume"):
-        raise ZhgptError("zhgpt sft needs --init-from MODEL: a zhgpt run folder (e.g. runs/20260101-120000), "
-                         "a checkpoint, or a local Hugging Face GPT-2/Llama folder")
-    main(SFTConfig(), explicit=explicit, on_finish=on_finish, stage=SFTStage())
+        raise ZhgptError(f"zhgpt {stage.name} needs --init-from MODEL: {needs}")
+    main(cls(), explicit=explicit, on_finish=on_finish, stage=stage)
+
+
+def run_cli(args, on_finish=None) -> None:
+    run_stage_cli(SFTConfig, SFTStage(), args, on_finish, "a zhgpt run folder (e.g. runs/20260101-120000), "
+                  "a checkpoint, or a local Hugging Face GPT-2/Llama folder")
