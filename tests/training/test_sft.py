@@ -284,3 +284,16 @@ def test_packed_rows_score_each_conversation_as_if_alone():
             packed = model(x, y, reduction="sum", segments=seg)[1]
             padded = model(xp, yp, reduction="sum")[1]
         assert torch.allclose(packed, padded, rtol=1e-5), arch
+
+
+def test_bad_stage_flags_are_one_line_errors():
+    from zhgpt.errors import ZhgptError
+    from zhgpt.training.dpo import DPOConfig
+    from zhgpt.training.sft import SFTConfig
+    from zhgpt.training.train import TrainConfig
+    for make, flag in ((lambda: TrainConfig(save_every_minutes=-1), "--save-every-minutes must be >= 0"),
+                       (lambda: SFTConfig(epochs=0), "--epochs must be positive"),
+                       (lambda: SFTConfig(lora=True, lora_rank=0), "--lora-rank must be >= 1"),
+                       (lambda: DPOConfig(beta=0), "--beta must be positive")):
+        with pytest.raises(ZhgptError, match=flag):
+            make()
