@@ -1,5 +1,6 @@
 """`zhgpt export`: a run or checkpoint as a Hugging Face folder (``zhgpt.model.hf``), an int8 CPU model
-(``zhgpt.model.quantize``) or an ONNX graph checked in ONNX Runtime.
+(``zhgpt.model.quantize``), an ONNX graph checked in ONNX Runtime, or a GGUF file / Ollama folder for
+llama.cpp (``zhgpt.inference.gguf_export``).
 """
 from __future__ import annotations
 
@@ -74,14 +75,23 @@ class ExportConfig:
     model: str = opt("", "run folder or checkpoint folder to export")
     out: str = opt("", "output folder (default: MODEL/final for a run, CHECKPOINT-hf for a checkpoint)")
     dtype: str = opt("fp32", "weight precision of the export", choices=("fp32", "bf16", "fp16"))
-    quantize: str = opt("", "int8: write a dynamically quantised CPU model (int8 linear layers) that "
-                            "`zhgpt generate` loads, instead of a Hugging Face folder", choices=("", "int8"))
+    quantize: str = opt("", "int8: a dynamically quantised CPU model (int8 linear layers) that `zhgpt generate` "
+                            "loads, instead of a Hugging Face folder; with --format gguf/ollama: f16 (default for "
+                            "gguf), q8_0 (default for ollama) or q4_0", choices=("", "int8", "f16", "q8_0", "q4_0"))
     format: str = opt("hf", "hf: Hugging Face model folder; onnx: model.onnx (token ids -> logits, dynamic "
-                            "length) for ONNX Runtime, checked against PyTorch after export", choices=("hf", "onnx"))
+                            "length) for ONNX Runtime, checked against PyTorch after export; gguf: one .gguf file "
+                            "for llama.cpp / LM Studio; ollama: a folder with the .gguf and a Modelfile",
+                      choices=("hf", "onnx", "gguf", "ollama"))
+    force: bool = opt(False, "overwrite --out if it exists (gguf and ollama)")
 
     def __post_init__(self):
         if not self.model:
             raise ZhgptError("zhgpt export needs --model (a run folder or a checkpoint folder)")
+        gguf = self.format in ("gguf", "ollama")
+        if gguf and self.quantize == "int8":
+            raise ZhgptError("--quantize int8 is zhgpt's own CPU format; for GGUF use --quantize q8_0 (or f16, q4_0)")
+        if not gguf and self.quantize in ("f16", "q8_0", "q4_0"):
+            raise ZhgptError(f"--quantize {self.quantize} is a GGUF type; add --format gguf (or ollama)")
 
 
 def main(cfg: ExportConfig) -> Path:
@@ -102,6 +112,8 @@ def main(cfg: ExportConfig) -> Path:
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         print(f"exported int8 model {p} -> {out} ({size / 2**20:.1f} MiB); run it with `zhgpt generate --model {out}`")
         return out
+    if cfg.format in ("gguf", "ollama"):
+        return _export_gguf(cfg, model, p, info, run_dir if is_run else None)
     if cfg.format == "onnx":
         out = Path(cfg.out) if cfg.out else (run_dir / "final-onnx" if is_run else p.with_name(p.name + "-onnx"))
         diff = export_onnx(model, p / TOKENIZER, out)
@@ -113,6 +125,29 @@ def main(cfg: ExportConfig) -> Path:
     export_hf(model, p / TOKENIZER, out, eot_id=info.get("eot_id", EOT_ID), dtype=dtype)
     print(f"exported {p} -> {out}")
     print(f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return out
+
+
+def _export_gguf(cfg: ExportConfig, model, p: Path, info: dict, run_dir: Path | None) -> Path:
+    from zhgpt.inference.gguf_export import export_gguf, export_ollama
+    from zhgpt.training.checkpoint import TOKENIZER
+    name = (run_dir if run_dir is not None else p).name
+    if cfg.format == "gguf":
+        quant = cfg.quantize or "f16"
+        out = Path(cfg.out) if cfg.out else (run_dir / f"{name}-{quant}.gguf" if run_dir is not None
+                                             else p.with_name(f"{p.name}-{quant}.gguf"))
+        out, notes = export_gguf(model, p / TOKENIZER, out, quant, info.get("eot_id", EOT_ID), cfg.force, name)
+        hint = f"run it with: llama-cli -m {out}   (or llama_cpp.Llama(model_path={str(out)!r}))"
+    else:
+        quant = cfg.quantize or "q8_0"
+        out = Path(cfg.out) if cfg.out else (run_dir / "ollama" if run_dir is not None else p.with_name(p.name + "-ollama"))
+        out, notes = export_ollama(model, p / TOKENIZER, out, quant, info.get("eot_id", EOT_ID), cfg.force, name)
+        hint = f"load it with: cd {out} && ollama create {name} -f Modelfile && ollama run {name}"
+    for n in notes:
+        print(f"note: {n}")
+    size = sum(f.stat().st_size for f in ([out] if out.is_file() else out.rglob("*")) if f.is_file())
+    print(f"exported {p} -> {out} ({quant}, {size / 2**20:.1f} MiB)")
+    print(hint)
     return out
 
 

@@ -1,0 +1,134 @@
+"""zhgpt models as GGUF files for llama.cpp, Ollama and LM Studio, written with the ``gguf`` package
+(llama.cpp's own writer).
+
+- ``gpt2`` -> GGUF arch ``gpt2`` (fused qkv, learned positions, LayerNorm with biases, tanh GELU).
+- ``llama`` -> ``llama``; with ``qk_norm`` -> ``qwen3``. zhgpt's RoPE rotates halves (HF's layout).
+  llama.cpp's ``llama`` graph rotates adjacent pairs, so q and k rows are permuted exactly as
+  llama.cpp's convert_hf_to_gguf.py does for HF Llama weights; ``qwen3`` rotates halves (NEOX) as is.
+
+Quantisation (``f16``, ``q8_0``, ``q4_0``) is per tensor, as llama.cpp's quantiser does it: 1-D tensors
+(norms, biases) stay f32; the embedding (which is also the output layer when tied) is kept at q8_0
+in a q4_0 file, because the output layer is where 4-bit error costs the most loss; a matrix whose
+rows are not a whole number of 32-value blocks falls back to f16 with a printed note.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zhgpt.errors import ZhgptError
+from zhgpt.model.gguf_vocab import GGUFVocab, write_vocab
+from zhgpt.model.gpt import GPT
+
+QUANTS = ("f16", "q8_0", "q4_0")
+BLOCK = 32                              # values per q8_0 / q4_0 block
+EMBEDDINGS = ("token_embd.weight", "position_embd.weight", "output.weight")
+
+
+def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF rotate-half rows -> llama.cpp adjacent-pair rows (convert_hf_to_gguf.py's LlamaModel.permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_tensors(model: GPT) -> tuple[str, dict[str, torch.Tensor]]:
+    """(GGUF architecture, tensors in GGUF names, nn.Linear (out, in) layout, fp32)."""
+    c = model.cfg
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if not k.startswith("rope_")}
+    out = {"token_embd.weight": sd["transformer.wte.weight"], "output_norm.weight": sd["transformer.ln_f.weight"]}
+    if not c.tie_embeddings:
+        out["output.weight"] = sd["lm_head.weight"]
+    if c.arch == "gpt2":
+        out["position_embd.weight"] = sd["transformer.wpe.weight"]
+        out["output_norm.bias"] = sd["transformer.ln_f.bias"]
+        names = {"ln_1": "attn_norm", "ln_2": "ffn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+                 "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+        for i in range(c.n_layer):
+            for ours, theirs in names.items():
+                for s in ("weight", "bias"):
+                    out[f"blk.{i}.{theirs}.{s}"] = sd[f"transformer.h.{i}.{ours}.{s}"]
+        return "gpt2", out
+    arch = "qwen3" if c.qk_norm else "llama"
+    hd, H, Hkv, hidden = c.head_dim, c.n_head, c.kv_heads, c.mlp_hidden
+    for i in range(c.n_layer):
+        p, q = f"transformer.h.{i}.", f"blk.{i}."
+        out[q + "attn_norm.weight"] = sd[p + "ln_1.weight"]
+        out[q + "ffn_norm.weight"] = sd[p + "ln_2.weight"]
+        for s in ("weight", "bias") if c.bias else ("weight",):
+            wq, wk, wv = sd[p + f"attn.c_attn.{s}"].split([H * hd, Hkv * hd, Hkv * hd], dim=0)
+            if arch == "llama":
+                wq, wk = _permute(wq, H), _permute(wk, Hkv)
+            out[q + f"attn_q.{s}"], out[q + f"attn_k.{s}"], out[q + f"attn_v.{s}"] = wq, wk, wv
+            out[q + f"attn_output.{s}"] = sd[p + f"attn.c_proj.{s}"]
+            gate, up = sd[p + f"mlp.c_fc.{s}"].split([hidden, hidden], dim=0)
+            out[q + f"ffn_gate.{s}"], out[q + f"ffn_up.{s}"] = gate, up
+            out[q + f"ffn_down.{s}"] = sd[p + f"mlp.c_proj.{s}"]
+        if c.qk_norm:
+            out[q + "attn_q_norm.weight"] = sd[p + "attn.q_norm.weight"]
+            out[q + "attn_k_norm.weight"] = sd[p + "attn.k_norm.weight"]
+    return arch, {k: v.contiguous() for k, v in out.items()}
+
+
+def tensor_type(name: str, shape: tuple[int, ...], quant: str) -> tuple[str, str | None]:
+    """(storage type, note or None) for one tensor of a ``quant`` file."""
+    if len(shape) == 1:
+        return "f32", None
+    want = "f16" if quant == "f16" else ("q8_0" if name in EMBEDDINGS else quant)
+    if want != "f16" and shape[-1] % BLOCK:
+        return "f16", (f"{name}: rows of {shape[-1]} values are not a multiple of the {BLOCK}-value {want} block; "
+                       f"stored as f16 (give that dimension a multiple of {BLOCK} to quantise it)")
+    return want, None
+
+
+def _add(writer, name: str, t: torch.Tensor, kind: str) -> None:
+    import gguf
+    a = t.numpy().astype(np.float32)
+    if kind == "f32":
+        writer.add_tensor(name, a)
+    elif kind == "f16":
+        writer.add_tensor(name, a.astype(np.float16))
+    else:
+        qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[kind]
+        writer.add_tensor(name, gguf.quants.quantize(a, qtype), raw_dtype=qtype)
+
+
+def write_gguf(model: GPT, vocab: GGUFVocab, out: Path, quant: str = "f16", name: str = "zhgpt") -> list[str]:
+    """Write ``out`` (a .gguf file); returns the notes about tensors that could not take ``quant``."""
+    import gguf
+    if quant not in QUANTS:
+        raise ZhgptError(f"unknown GGUF quantisation {quant!r}; choose one of {', '.join(QUANTS)}")
+    c = model.cfg
+    arch, tensors = gguf_tensors(model)
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_name(name)
+    w.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                     "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_context_length(c.block_size)
+    w.add_embedding_length(c.n_embd)
+    w.add_block_count(c.n_layer)
+    w.add_feed_forward_length(c.mlp_hidden)
+    w.add_head_count(c.n_head)
+    w.add_vocab_size(c.vocab_size)
+    if arch == "gpt2":
+        w.add_layer_norm_eps(c.norm_eps)
+    else:
+        w.add_head_count_kv(c.kv_heads)
+        w.add_layer_norm_rms_eps(c.norm_eps)
+        w.add_rope_freq_base(c.rope_theta)
+        w.add_rope_dimension_count(c.head_dim)
+        w.add_key_length(c.head_dim)
+        w.add_value_length(c.head_dim)
+    write_vocab(w, vocab)
+    notes = list(vocab.notes)
+    for tname, t in tensors.items():
+        kind, note = tensor_type(tname, tuple(t.shape), quant)
+        if note:
+            notes.append(note)
+        _add(w, tname, t, kind)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return notes
