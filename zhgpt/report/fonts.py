@@ -31,6 +31,7 @@ FONT_GLOBS = (
     "~/.local/share/fonts/**/*CJK*", "/System/Library/Fonts/PingFang.ttc", "/System/Library/Fonts/STHeiti*",
     "/Library/Fonts/Arial Unicode.ttf", "C:/Windows/Fonts/msyh.tt*", "C:/Windows/Fonts/simhei.ttf",
 )
+PACKAGED_FONT = "NotoSansCJKsc-Regular.otf"     # in the mplfonts wheel (a zhgpt dependency)
 INSTALL_HINT = ("install one, e.g. `apt-get install fonts-noto-cjk` (Debian/Ubuntu) or "
                 "`dnf install google-noto-sans-cjk-fonts` (Fedora)")
 
@@ -63,6 +64,18 @@ def _add_files(paths) -> None:
             continue   # a font format FreeType cannot read; others may do
 
 
+def _packaged_font() -> list[str]:
+    """Path of the Simplified Chinese Noto Sans CJK font inside the installed mplfonts package (found
+    without importing it: its import sets matplotlib options of its own)."""
+    import importlib.util
+    spec = importlib.util.find_spec("mplfonts")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        f = os.path.join(root, "fonts", PACKAGED_FONT)
+        if os.path.isfile(f):
+            return [f]
+    return []
+
+
 @functools.lru_cache(maxsize=1)
 def find_cjk_font() -> str | None:
     """Family name of a font with Chinese glyphs, registering it with matplotlib if needed; None if there
@@ -78,6 +91,10 @@ def find_cjk_font() -> str | None:
     files = [p for pattern in FONT_GLOBS for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
     _add_files(f for f in files if f.lower().endswith((".ttf", ".ttc", ".otf")))
     family = _pick(_known_families())
+    if family is None:
+        # No system font (a fresh container): the Noto Sans CJK SC file that the mplfonts wheel ships.
+        _add_files(_packaged_font())
+        family = _pick(_known_families())
     if family is None:
         print(f"zhgpt: warning: no CJK font found, Chinese text in plots will show as boxes; {INSTALL_HINT}",
               file=sys.stderr)
