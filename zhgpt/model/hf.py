@@ -117,12 +117,25 @@ def export_hf(model: GPT, tokenizer_dir, out_dir, eot_id: int = EOT_ID, dtype: t
         for f in Path(tokenizer_dir).iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+        _add_legacy_fields(tmp / "config.json", model.cfg, dtype)
         tcfg_path = tmp / "tokenizer_config.json"
         if tcfg_path.is_file():
             tcfg = load_json(tcfg_path)
             tcfg["model_max_length"] = model.cfg.block_size
             save_json(tcfg_path, tcfg)
     return out_dir
+
+def _add_legacy_fields(path: Path, c: ModelConfig, dtype: torch.dtype) -> None:
+    """transformers 5 writes ``rope_parameters`` and ``dtype``; serving stacks built on transformers 4
+    (vLLM, TGI, older llama.cpp converters) read ``rope_theta`` and ``torch_dtype``. Write both spellings:
+    transformers 5 folds the old ones into the new when it loads the folder."""
+    cfg = load_json(path)
+    cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
+    if c.arch == "llama":
+        cfg["rope_theta"] = c.rope_theta
+        cfg.setdefault("rope_scaling", None)
+    save_json(path, cfg)
+
 
 def chat_end_ids(tokenizer_dir) -> list[int]:
     """[id of <|im_end|>] when the tokenizer has the chat tokens, else []."""
