@@ -33,17 +33,10 @@ from zhgpt.training.runs import load_for_inference, resolve_model_path  # noqa: 
 PROMPTS = ["中国的经济", "新华社北京", "今年以来，", "人民群众", "改革开放", "他说：“", "在科学研究中", "１９９８年"]
 
 
-def windows(ids: list[int], block: int):
-    for s in range(0, len(ids) - 1, block):
-        chunk = ids[s: s + block + 1]
-        if len(chunk) >= 2:
-            yield chunk
-
-
 @torch.no_grad()
 def zhgpt_nats(model, ids: list[int], block: int) -> float:
     total = 0.0
-    for chunk in windows(ids, block):
+    for chunk in llamacpp.windows(ids, block):
         x = torch.tensor([chunk[:-1]])
         logits = model(x)[0][0].double()
         total -= float(torch.log_softmax(logits, -1)[torch.arange(len(chunk) - 1), torch.tensor(chunk[1:])].sum())

@@ -43,14 +43,19 @@ def greedy(llm, ids: list[int], n: int) -> list[int]:
     return out
 
 
-def nats(llm, ids: list[int], window: int) -> tuple[float, int]:
-    """(total next-token nats, tokens scored) over ``ids`` in non-overlapping windows of ``window`` tokens,
-    the way ``zhgpt eval`` scores a text; bits/char = nats / chars / ln 2."""
-    total, count = 0.0, 0
+def windows(ids: list[int], window: int):
+    """Chunks of ``window + 1`` tokens sharing one token with the next: inputs ``chunk[:-1]``, targets
+    ``chunk[1:]``, so every token after the first is scored exactly once."""
     for start in range(0, len(ids) - 1, window):
         chunk = ids[start: start + window + 1]
-        if len(chunk) < 2:
-            break
+        if len(chunk) >= 2:
+            yield chunk
+
+
+def nats(llm, ids: list[int], window: int) -> tuple[float, int]:
+    """(total next-token nats, tokens scored) over ``windows(ids, window)``; bits/char = nats / chars / ln 2."""
+    total, count = 0.0, 0
+    for chunk in windows(ids, window):
         lg = logits(llm, chunk[:-1]).astype(np.float64)
         lg -= lg.max(axis=1, keepdims=True)
         logp = lg - np.log(np.exp(lg).sum(axis=1, keepdims=True))

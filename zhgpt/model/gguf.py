@@ -21,9 +21,18 @@ import torch
 from zhgpt.errors import ZhgptError
 from zhgpt.model.gguf_vocab import GGUFVocab, write_vocab
 from zhgpt.model.gpt import GPT
+from zhgpt.model.hf import to_hf_state_dict
 
 QUANTS = ("f16", "q8_0", "q4_0")
 BLOCK = 32                              # values per q8_0 / q4_0 block
+# Hugging Face Llama/Qwen3 names -> GGUF names, applied in order to each key
+HF_TO_GGUF = (
+    ("model.embed_tokens.", "token_embd."), ("model.norm.", "output_norm."), ("lm_head.", "output."),
+    ("model.layers.", "blk."), ("input_layernorm", "attn_norm"), ("post_attention_layernorm", "ffn_norm"),
+    ("self_attn.q_norm", "attn_q_norm"), ("self_attn.k_norm", "attn_k_norm"), ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down"),
+)
 EMBEDDINGS = ("token_embd.weight", "position_embd.weight", "output.weight")
 
 
@@ -32,42 +41,38 @@ def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    c = model.cfg
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    out = {"token_embd.weight": sd["transformer.wte.weight"], "position_embd.weight": sd["transformer.wpe.weight"],
+           "output_norm.weight": sd["transformer.ln_f.weight"], "output_norm.bias": sd["transformer.ln_f.bias"]}
+    if not c.tie_embeddings:
+        out["output.weight"] = sd["lm_head.weight"]
+    names = {"ln_1": "attn_norm", "ln_2": "ffn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+             "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+    for i in range(c.n_layer):
+        for ours, theirs in names.items():
+            for s in ("weight", "bias"):
+                out[f"blk.{i}.{theirs}.{s}"] = sd[f"transformer.h.{i}.{ours}.{s}"]
+    return out
+
+
 def gguf_tensors(model: GPT) -> tuple[str, dict[str, torch.Tensor]]:
     """(GGUF architecture, tensors in GGUF names, nn.Linear (out, in) layout, fp32)."""
     c = model.cfg
-    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if not k.startswith("rope_")}
-    out = {"token_embd.weight": sd["transformer.wte.weight"], "output_norm.weight": sd["transformer.ln_f.weight"]}
-    if not c.tie_embeddings:
-        out["output.weight"] = sd["lm_head.weight"]
     if c.arch == "gpt2":
-        out["position_embd.weight"] = sd["transformer.wpe.weight"]
-        out["output_norm.bias"] = sd["transformer.ln_f.bias"]
-        names = {"ln_1": "attn_norm", "ln_2": "ffn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
-                 "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
-        for i in range(c.n_layer):
-            for ours, theirs in names.items():
-                for s in ("weight", "bias"):
-                    out[f"blk.{i}.{theirs}.{s}"] = sd[f"transformer.h.{i}.{ours}.{s}"]
-        return "gpt2", out
-    arch = "qwen3" if c.qk_norm else "llama"
-    hd, H, Hkv, hidden = c.head_dim, c.n_head, c.kv_heads, c.mlp_hidden
-    for i in range(c.n_layer):
-        p, q = f"transformer.h.{i}.", f"blk.{i}."
-        out[q + "attn_norm.weight"] = sd[p + "ln_1.weight"]
-        out[q + "ffn_norm.weight"] = sd[p + "ln_2.weight"]
-        for s in ("weight", "bias") if c.bias else ("weight",):
-            wq, wk, wv = sd[p + f"attn.c_attn.{s}"].split([H * hd, Hkv * hd, Hkv * hd], dim=0)
-            if arch == "llama":
-                wq, wk = _permute(wq, H), _permute(wk, Hkv)
-            out[q + f"attn_q.{s}"], out[q + f"attn_k.{s}"], out[q + f"attn_v.{s}"] = wq, wk, wv
-            out[q + f"attn_output.{s}"] = sd[p + f"attn.c_proj.{s}"]
-            gate, up = sd[p + f"mlp.c_fc.{s}"].split([hidden, hidden], dim=0)
-            out[q + f"ffn_gate.{s}"], out[q + f"ffn_up.{s}"] = gate, up
-            out[q + f"ffn_down.{s}"] = sd[p + f"mlp.c_proj.{s}"]
-        if c.qk_norm:
-            out[q + "attn_q_norm.weight"] = sd[p + "attn.q_norm.weight"]
-            out[q + "attn_k_norm.weight"] = sd[p + "attn.k_norm.weight"]
-    return arch, {k: v.contiguous() for k, v in out.items()}
+        return "gpt2", _gpt2_tensors(model)
+    # llama/qwen3: from the HF state dict (fused q/k/v and gate/up already split there), renamed the way
+    # llama.cpp's convert_hf_to_gguf.py renames it
+    model_type, hf = to_hf_state_dict(model)
+    out = {}
+    for k, v in hf.items():
+        for theirs, ours in HF_TO_GGUF:
+            k = k.replace(theirs, ours)
+        if model_type == "llama" and (".attn_q." in k or ".attn_k." in k):
+            v = _permute(v, c.n_head if ".attn_q." in k else c.kv_heads)
+        out[k] = v
+    return model_type, {k: v.contiguous() for k, v in out.items()}
 
 
 def tensor_type(name: str, shape: tuple[int, ...], quant: str) -> tuple[str, str | None]:
