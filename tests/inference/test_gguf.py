@@ -117,6 +117,9 @@ def test_export_cli_quantised_sizes_and_bad_input(trained_run, tmp_path):
     assert wrong.returncode != 0 and "--format gguf" in wrong.stderr
     unknown = run_cli("export", "--model", trained_run, "--format", "gguf", "--quantize", "q3_k")
     assert unknown.returncode != 0 and "q3_k" in unknown.stderr
+    from zhgpt.inference.export import ExportConfig
+    with pytest.raises(ZhgptError, match=r"--quantize q8_0"):
+        ExportConfig(model=str(trained_run), format="gguf", quantize="int8")
 
 
 def test_q4_0_falls_back_per_tensor_with_a_note(tokenizers, tmp_path):
