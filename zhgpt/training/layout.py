@@ -8,6 +8,7 @@ in milliseconds; ``zhgpt.training.runs`` loads models from these folders and
     RUN/run.json             status, params, hardware, tokens seen, final metrics (kept up to date)
     RUN/metrics.jsonl        one record per logged step / evaluation
     RUN/samples.jsonl        one record per (evaluation, prompt)
+    RUN/warnings.jsonl       health warnings: step, kind, message (``zhgpt.training.watch``)
     RUN/tb/                  TensorBoard events
     RUN/checkpoints/step_NNNNNNN/   model.safetensors, optim.pt, meta.json, tokenizer/
     RUN/checkpoints/best     a text file naming the best checkpoint's folder
@@ -57,6 +58,7 @@ class RunFolder:
     info = property(lambda self: self.root / "run.json")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     samples = property(lambda self: self.root / "samples.jsonl")
+    warnings = property(lambda self: self.root / "warnings.jsonl")
     tensorboard = property(lambda self: self.root / "tb")
     checkpoints_dir = property(lambda self: self.root / CKPT_DIR)
     final = property(lambda self: self.root / "final")

@@ -26,6 +26,7 @@ from zhgpt.training.config import TrainConfig
 from zhgpt.training.logger import sample_tag
 from zhgpt.training.setup import Trainer
 from zhgpt.training.step import Limits, NonFiniteLoss, lr_at, set_lr, train_step
+from zhgpt.training.watch import eval_metrics, warnings_for
 
 OnFinish = Callable[[Path, TrainConfig], None]
 STANDARD_VAL = ("val_loss", "val_bpc", "val_ppl")
@@ -176,26 +177,46 @@ def evaluate_and_sample(tr: Trainer, step: int, elapsed: float, bar=None) -> tup
     """Validation loss / bits per char, the samples, and their records (rank 0 writes them).
     Returns (metrics, whether the validation loss is the best so far)."""
     dist, state = tr.dist, tr.state
+    t0 = time.perf_counter()
     m = tr.stage.evaluate(tr)
+    watched: dict = {}
     if dist.master or dist.all_ranks_forward:
-        write_samples(tr, step, elapsed, m, bar)
+        samples = write_samples(tr, step, elapsed, m, bar)
+        watched = eval_metrics(tr, step, samples)
     best = state["best_val"] is None or m["val_loss"] < state["best_val"]
     if best:
         state["best_val"] = m["val_loss"]
     rec = {"step": step, "tokens_seen": state["tokens_seen"], "elapsed_s": round(elapsed, 2),
-           **{k: v for k, v in m.items() if k.startswith("val_") and k != "val_partial"}}
+           **{k: v for k, v in m.items() if k.startswith("val_") and k != "val_partial"}, **watched,
+           "eval_s": round(time.perf_counter() - t0, 3)}
     if dist.master:
         append_jsonl(tr.run.metrics, rec)
-        tr.logger.log_scalars(step, {k: v for k, v in rec.items() if k.startswith("val_")})
+        tr.logger.log_scalars(step, {k: v for k, v in rec.items() if k not in ("step", "tokens_seen", "elapsed_s")
+                                     and isinstance(v, (int, float))})
         extra = "".join(f" | {k[4:]} {m[k]:.3f}" for k in m if k.startswith("val_") and k not in STANDARD_VAL
                         and isinstance(m[k], float))
-        say(f"eval step {step}: val loss {m['val_loss']:.4f} | bpc {m['val_bpc']:.4f} | ppl {m['val_ppl']:.2f}{extra}", bar)
+        say(f"eval step {step}: val loss {m['val_loss']:.4f} | bpc {m['val_bpc']:.4f} | ppl {m['val_ppl']:.2f}{extra}"
+            f"{watch_line(watched)}", bar)
+        warn(tr, rec, bar)
     return m, best
 
 
-def write_samples(tr: Trainer, step: int, elapsed: float, metrics: dict, bar=None) -> None:
-    """One completion per prompt into samples.jsonl and the logger. Every rank generates under FSDP
-    (its forward passes are collectives); rank 0 writes."""
+def watch_line(watched: dict) -> str:
+    """The headline watcher metrics on the eval log line (all of them are in metrics.jsonl)."""
+    return "".join(f" | {k} {watched[k]:.3f}" for k in ("probe_acc", "repeat_4", "copy_rate")
+                   if isinstance(watched.get(k), float))
+
+
+def warn(tr: Trainer, rec: dict, bar=None) -> None:
+    """Health warnings for one metrics.jsonl record: printed, and kept in RUN/warnings.jsonl (rank 0)."""
+    for msg in warnings_for(tr, rec):
+        say(f"warning: {msg}", bar)
+        append_jsonl(tr.run.warnings, {"step": rec["step"], "message": msg})
+
+
+def write_samples(tr: Trainer, step: int, elapsed: float, metrics: dict, bar=None) -> list[tuple[str, str]]:
+    """One completion per prompt into samples.jsonl and the logger; returns the (prompt, output) pairs.
+    Every rank generates under FSDP (its forward passes are collectives); rank 0 writes."""
     sampler, master = tr.sampler, tr.dist.master
     outs = []
     tr.raw_model.eval()
@@ -212,6 +233,7 @@ def write_samples(tr: Trainer, step: int, elapsed: float, metrics: dict, bar=Non
     if master:
         first = (sampler.prompts[0] + outs[0]).replace("\n", " ")
         say(f"  sample @{step}: {first[:60]}", bar)   # through the bar, which a bare print would break
+    return list(zip(sampler.prompts, outs))
 
 
 # ------------------------------------------------------------------------- checkpoint, log, finish
@@ -269,6 +291,7 @@ def log_step(tr: Trainer, step: int, loss: float, lr: float, grad_norm, t_start:
     append_jsonl(tr.run.metrics, rec)
     tr.logger.log_scalars(step, {k: rec[k] for k in ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "memory_mb")
                                  if k in rec})
+    warn(tr, rec, bar)
     if bar is not None:
         bar.set_postfix_str(f"loss {loss:.3f} {tps / 1000:.1f}k tok/s")
         bar.n = min(int(elapsed) if bar.unit == "s" else step, bar.total)

@@ -29,6 +29,7 @@ from zhgpt.training.logger import Logger
 from zhgpt.training.optim import Optimizers, build_optimizers
 from zhgpt.training.layout import RunFolder, artifact_root
 from zhgpt.training.stage import Sampler, Stage
+from zhgpt.training.watch import start_all
 from zhgpt.training.step import BatchSource, Limits, LossFn
 
 
@@ -58,6 +59,7 @@ class Trainer:
     loss_fn: LossFn                # the stage's loss (a field, so a test or bench can swap it)
     flops_per_token: float = 0.0   # training FLOPs per token (GPT.flops_per_token), for MFU
     peak_flops: float = 0.0        # one process's peak FLOP/s in the run's precision (rank 0; 0 = unknown)
+    watchers: list = dataclasses.field(default_factory=list)   # zhgpt.training.watch: what it learned, health
 
     @property
     def device(self) -> str:
@@ -112,13 +114,16 @@ def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokeniz
     logger = make_logger(cfg.log, run.root, full_config, enabled=dist.master)
     if dist.master and ckpt is not None:
         # The killed run may have logged steps after its last checkpoint; those steps will be redone.
-        for p in (run.metrics, run.samples):
+        for p in (run.metrics, run.samples, run.warnings):
             truncate_jsonl(p, state["step"])
-    return Trainer(cfg=cfg, mcfg=mcfg, dist=dist, run=run, ds=ds, val_split=val_split, model=model,
-                   raw_model=raw_model, optimizer=optimizer, scaler=scaler, batches=batches, limits=limits,
-                   state=state, logger=logger, sampler=stage.sampler(cfg, raw_model, ds),
-                   full_config=full_config, run_info=run_info, amp_dtype=amp_dtype, stage=stage,
-                   loss_fn=stage.loss_fn, flops_per_token=flops_per_token, peak_flops=peak)
+    tr = Trainer(cfg=cfg, mcfg=mcfg, dist=dist, run=run, ds=ds, val_split=val_split, model=model,
+                 raw_model=raw_model, optimizer=optimizer, scaler=scaler, batches=batches, limits=limits,
+                 state=state, logger=logger, sampler=stage.sampler(cfg, raw_model, ds),
+                 full_config=full_config, run_info=run_info, amp_dtype=amp_dtype, stage=stage,
+                 loss_fn=stage.loss_fn, flops_per_token=flops_per_token, peak_flops=peak,
+                 watchers=stage.watchers(cfg, ds))
+    start_all(tr)
+    return tr
 
 
 # ------------------------------------------------------------------------- run folder and fine-tuning source

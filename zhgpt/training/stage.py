@@ -9,6 +9,7 @@ exact resume, time budget, logging, report. They differ in five things, which a 
     limits(cfg, batches, n_params)               when the run ends
     loss_fn(model, batch)                        the loss of one micro-batch
     evaluate(tr) / sampler(cfg, model, data)     the metrics and samples of every evaluation
+    watchers(cfg, data)                          what else every evaluation measures, and the health checks
     final_model(model) / export(tr, model)       what RUN/final holds at the end
 
 This base class is pre-training: token shards, (x, y) windows, next-token loss on every position, bits per
@@ -82,6 +83,12 @@ class Stage:
 
     def sampler(self, cfg: TrainConfig, model, data) -> Sampler:
         return make_sampler(cfg, model, data, load_prompts(cfg.sample_prompts))
+
+    def watchers(self, cfg: TrainConfig, data) -> list:
+        """The ``zhgpt.training.watch`` watchers of this stage: measurements beside the validation loss at
+        every evaluation, and health checks on every record (run in this order)."""
+        found: list = []
+        return found   # (watchers are appended above this line, one line each)
 
     def final_model(self, model):
         """The plain GPT that RUN/final is exported from."""
