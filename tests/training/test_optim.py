@@ -84,3 +84,47 @@ def test_train_step_stops_on_a_non_finite_loss_before_the_weights_move():
     with pytest.raises(NonFiniteLoss, match="loss became nan"):
         train_step(model, opt, scaler, [(x, x), (x, x)], lambda m, b: m(*b)[1] * float("nan"), **kw)
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def _muon_pair(ns_dtype, shape=(96, 48), steps=3):
+    """(torch's Muon, zhgpt's Muon with ``ns_dtype``) after the same ``steps`` steps from the same weights."""
+    from zhgpt.training.optim import Muon
+    torch.manual_seed(0)
+    w0, grads = torch.randn(shape), [torch.randn(shape) for _ in range(steps)]
+    out = []
+    for cls, kw in ((torch.optim.Muon, {}), (Muon, {"ns_dtype": ns_dtype})):
+        w = torch.nn.Parameter(w0.clone())
+        opt = cls([w], lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True, adjust_lr_fn="match_rms_adamw", **kw)
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        out.append(w.detach() - w0)
+    return out
+
+
+def test_muon_newton_schulz_in_fp32_makes_nearly_the_bf16_update():
+    from torch.optim._muon import _zeropower_via_newtonschulz
+    from zhgpt.training.optim import newton_schulz
+    torch.manual_seed(1)
+    coeffs = (3.4445, -4.7750, 2.0315)
+    for shape in ((64, 160), (160, 64)):
+        g = torch.randn(shape)
+        ref = _zeropower_via_newtonschulz(g, coeffs, 5, 1e-7)
+        assert torch.equal(newton_schulz(g, coeffs, 5, 1e-7, torch.bfloat16), ref)     # the same iteration
+        fp32 = newton_schulz(g, coeffs, 5, 1e-7, torch.float32)
+        assert fp32.dtype == torch.float32 and not torch.equal(fp32, ref.float())
+        assert (fp32 - ref.float()).norm() / ref.float().norm() < 0.02       # bf16 rounding, nothing more
+    ours, theirs = _muon_pair(torch.bfloat16)
+    assert torch.equal(ours, theirs)                   # bf16: torch's own step
+    theirs, ours = _muon_pair(torch.float32)
+    assert (ours - theirs).norm() / theirs.norm() < 0.02
+
+
+def test_muon_runs_newton_schulz_in_fp32_where_bf16_is_emulated(monkeypatch):
+    import zhgpt.training.optim as optim
+    model = GPT(ModelConfig(**CFG))
+    for native, want in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: native)
+        opt = build_optimizers(model, "muon", lr=1e-2, weight_decay=0.0, betas=(0.9, 0.95), device_type="cpu")
+        muon = [o for o in opt.parts if isinstance(o, torch.optim.Muon)]
+        assert len(muon) == 1 and muon[0].ns_dtype == want
