@@ -39,7 +39,7 @@ from zhgpt.core import fmt
 from zhgpt.data.chat_template import IM_START
 from zhgpt.errors import ZhgptError
 from zhgpt.inference.chat import load_chat_tokenizer, render_turns
-from zhgpt.inference.loading import ModelOptions, load_engine
+from zhgpt.inference.loading import ModelOptions
 from zhgpt.model.engine import Engine, SamplingParams
 from zhgpt.training.layout import find_run_dir
 from zhgpt.training.runs import tokenizer_dir_of
@@ -108,10 +108,11 @@ def facts_markdown(rows: list[tuple[str, str]], title: str) -> str:
 
 
 class EngineCache:
-    """Loaded checkpoints for the compare tab, least recently used dropped first."""
+    """Loaded checkpoints for the compare tab, least recently used dropped first; each loaded as the demo's
+    model is (device, dtype, --rope-scaling/--context)."""
 
-    def __init__(self, device: str, dtype, size: int = MAX_COMPARE):
-        self.device, self.dtype, self.size = device, dtype, size
+    def __init__(self, opts: ModelOptions, size: int = MAX_COMPARE):
+        self.opts, self.size = opts, size
         self._engines: collections.OrderedDict[str, Engine] = collections.OrderedDict()
 
     def get(self, path: Path) -> Engine:
@@ -119,7 +120,7 @@ class EngineCache:
         if key in self._engines:
             self._engines.move_to_end(key)
             return self._engines[key]
-        self._engines[key] = load_engine(path, self.device, self.dtype).engine
+        self._engines[key] = self.opts.load(path).engine
         while len(self._engines) > self.size:
             self._engines.popitem(last=False)
         return self._engines[key]
@@ -353,14 +354,11 @@ def build_demo(cfg: DemoConfig, engine: Engine | None = None, info: dict | None 
         import gradio as gr
     except ImportError:
         raise ZhgptError("zhgpt demo needs the [serve] extra (gradio is missing): pip install 'zhgpt[serve]'")
-    from zhgpt.core.device import DTYPES, resolve_device
     from zhgpt.training.layout import list_checkpoints
 
-    device = resolve_device(cfg.device)
-    dtype = DTYPES[cfg.dtype]
     if engine is None:
         cfg.require_model("demo")
-        loaded = load_engine(cfg.model, device, dtype)
+        loaded = cfg.load()
         engine, info = loaded.engine, loaded.info
     info = info or {}
     run_dir = find_run_dir(cfg.model) if cfg.model else None
@@ -375,7 +373,7 @@ def build_demo(cfg: DemoConfig, engine: Engine | None = None, info: dict | None 
         gr.Markdown(f"## zhgpt · {title}")
         generate_tab(gr, generate_handler(gr, engine), facts_markdown(model_facts(engine, info, run_dir), title),
                      run_dir, max_new_limit)
-        compare_tab(gr, compare_handler(gr, EngineCache(device, dtype), checkpoints), list(checkpoints),
+        compare_tab(gr, compare_handler(gr, EngineCache(cfg), checkpoints), list(checkpoints),
                     max_new_limit)
         chat_tab(gr, chat_handler(gr, engine, chat_tok), chat_template_note(chat_tok), max_new_limit)
     return demo

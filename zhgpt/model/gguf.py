@@ -60,6 +60,12 @@ def _gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
 def gguf_tensors(model: GPT) -> tuple[str, dict[str, torch.Tensor]]:
     """(GGUF architecture, tensors in GGUF names, nn.Linear (out, in) layout, fp32)."""
     c = model.cfg
+    if c.moe_experts or c.rope_scaling != "none":
+        # llama.cpp reads both (stacked ffn_*_exps tensors + expert counts; rope.scaling.* keys), but this writer
+        # does not write them yet: a file without them would load and silently compute something else.
+        what = "a mixture-of-experts model" if c.moe_experts else "YaRN RoPE scaling"
+        raise ZhgptError(f"GGUF export of {what} is not supported; export a Hugging Face folder (--format hf) "
+                         "and convert it with llama.cpp's convert_hf_to_gguf.py")
     if c.arch == "gpt2":
         return "gpt2", _gpt2_tensors(model)
     # llama/qwen3: from the HF state dict (fused q/k/v and gate/up already split there), renamed the way

@@ -62,8 +62,9 @@ def model_config(name: str, **overrides) -> ModelConfig:
     return ModelConfig(**model)
 
 
-def count_params(cfg: ModelConfig) -> int:
-    """Parameters of a config without building it (exact for both architectures)."""
+def count_params(cfg: ModelConfig, active: bool = False) -> int:
+    """Parameters of a config without building it (exact for both architectures). ``active``: those one
+    token uses -- with MoE the router, the shared expert and top_k of the E experts."""
     C, V, L, hd = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.head_dim
     b = 1 if cfg.bias else 0
     norm = C * (1 + b) if cfg.arch == "gpt2" else C
@@ -72,6 +73,9 @@ def count_params(cfg: ModelConfig) -> int:
     hidden = cfg.mlp_hidden
     fc_out = hidden * (2 if cfg.arch == "llama" else 1)
     mlp = C * fc_out + b * fc_out + hidden * C + b * C
+    if cfg.moe_experts:
+        used = cfg.moe_top_k if active else cfg.moe_experts
+        mlp = used * mlp + cfg.moe_experts * C + ((mlp + C) if cfg.moe_shared_expert else 0)
     qk = 2 * hd if cfg.qk_norm else 0
     per_layer = attn + mlp + 2 * norm + qk
     emb = V * C + (cfg.block_size * C if cfg.arch == "gpt2" else 0)
@@ -79,13 +83,17 @@ def count_params(cfg: ModelConfig) -> int:
     return emb + L * per_layer + norm + head
 
 
-def preset_table(vocab_size: int | None = None, arch: str = "gpt2") -> str:
-    rows = [("preset", "layers", "heads", "hidden", "ctx", "vocab", "params", "description")]
+def preset_table(vocab_size: int | None = None, arch: str = "gpt2", moe: dict | None = None) -> str:
+    """The presets with their parameter counts; ``moe`` (moe_experts, moe_top_k, ...) adds the count of
+    parameters active per token beside the total."""
+    head = ("preset", "layers", "heads", "hidden", "ctx", "vocab", "params")
+    rows = [head + (("active/token",) if moe else ()) + ("description",)]
     for name, (model, _, desc) in PRESETS.items():
         cfg = model_config(name, arch=arch, **({"vocab_size": vocab_size} if vocab_size else {}),
-                           **({"bias": False, "tie_embeddings": True} if arch == "llama" else {}))
+                           **({"bias": False, "tie_embeddings": True} if arch == "llama" else {}), **(moe or {}))
+        active = (fmt.params(count_params(cfg, active=True)),) if moe else ()
         rows.append((name, str(cfg.n_layer), str(cfg.n_head), str(cfg.n_embd), str(cfg.block_size),
-                     str(cfg.vocab_size), fmt.params(count_params(cfg)), desc))
+                     str(cfg.vocab_size), fmt.params(count_params(cfg))) + active + (desc,))
     return text_table(rows)
 
 
@@ -94,14 +102,24 @@ class PresetsConfig:
     """`zhgpt presets`: the table of presets, counted for a vocabulary and an architecture."""
     vocab_size: int | None = opt(None, "count parameters with this vocabulary size")
     arch: str = opt("gpt2", "architecture to count for", choices=("gpt2", "llama"))
+    moe_experts: int = opt(0, "count as a mixture of experts with this many experts per layer (needs --arch llama)")
+    moe_top_k: int = opt(2, "experts per token (the active parameters count these)")
+    moe_shared_expert: bool = opt(False, "with a shared expert")
 
     def __post_init__(self):
         if self.vocab_size is not None and self.vocab_size < 1:
             raise ZhgptError(f"--vocab-size must be positive, got {self.vocab_size}")
+        if self.moe_experts:
+            ModelConfig(arch=self.arch, **self.moe())   # validates: llama only, 1 <= top-k <= experts
+
+    def moe(self) -> dict | None:
+        if not self.moe_experts:
+            return None
+        return dict(moe_experts=self.moe_experts, moe_top_k=self.moe_top_k, moe_shared_expert=self.moe_shared_expert)
 
 
 def main(cfg: PresetsConfig) -> str:
-    table = preset_table(cfg.vocab_size, cfg.arch)
+    table = preset_table(cfg.vocab_size, cfg.arch, cfg.moe())
     print(table)
     return table
 

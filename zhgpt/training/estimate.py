@@ -181,6 +181,11 @@ def layer_bytes_per_token(cfg: ModelConfig, seq_len: int, mixed: bool, attention
         mlp = 2 * a * F                     # GELU input and GELU output (c_proj's input)
     else:
         mlp = 4 * a * F                     # c_fc output (gate|up, 2F), silu output, silu*up product
+    if cfg.moe_experts:
+        # MoE (not census-checked, approximate): each of the k routed copies of a token saves an expert's
+        # MLP activations plus its gathered input and weighted output; the router its fp32 logits/probs.
+        K, E = cfg.moe_top_k, cfg.moe_experts
+        mlp = K * (mlp + 2 * a * C) + 8 * E + ((mlp + a * C) if cfg.moe_shared_expert else 0)
     return 2 * norm + qkv + qk + attn + mlp
 
 
@@ -226,8 +231,9 @@ def activation_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, mixed: boo
 # --- the rest of the step ---------------------------------------------------------------------------
 
 def matmul_params(cfg: ModelConfig) -> int:
-    """Weights used in matmuls: everything but the embedding tables, plus the (possibly tied) output layer."""
-    n = count_params(cfg) - cfg.vocab_size * cfg.n_embd          # minus wte
+    """Weights a token uses in matmuls: everything but the embedding tables, plus the (possibly tied) output
+    layer; with MoE only the top-k experts (FLOPs follow the active parameters, memory the total)."""
+    n = count_params(cfg, active=True) - cfg.vocab_size * cfg.n_embd          # minus wte
     if cfg.arch == "gpt2":
         n -= cfg.block_size * cfg.n_embd                           # minus wpe
     if cfg.tie_embeddings:
@@ -240,7 +246,10 @@ def matmul_weights(cfg: ModelConfig) -> int:
     C, F = cfg.n_embd, cfg.mlp_hidden
     qkv_out = (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim
     fc_out = F * (2 if cfg.arch == "llama" else 1)
-    return cfg.n_layer * (C * qkv_out + C * C + C * fc_out + F * C) + cfg.vocab_size * C
+    mlp = C * fc_out + F * C
+    if cfg.moe_experts:   # every expert's matrices (all run, on 0 rows when no token picks them), the router
+        mlp = (cfg.moe_experts + cfg.moe_shared_expert) * mlp + cfg.moe_experts * C + cfg.moe_shared_expert * C
+    return cfg.n_layer * (C * qkv_out + C * C + mlp) + cfg.vocab_size * C
 
 
 def optimizer_bytes(cfg: ModelConfig, optimizer: str) -> int:
@@ -313,7 +322,9 @@ def format_estimate(e: Estimate, cfg: EstimateConfig, memory: int | None) -> str
     lines = [
         f"model        {e.name or 'custom'}: {m.arch}, {m.n_layer} layers, {m.n_head} heads, {m.n_embd} hidden, "
         f"ctx {m.block_size}, vocab {m.vocab_size}",
-        f"parameters   {e.params:,} ({fmt.params(e.params)}; {fmt.params(emb)} in embeddings)",
+        f"parameters   {e.params:,} ({fmt.params(e.params)}; {fmt.params(emb)} in embeddings)"
+        + (f"; {fmt.params(count_params(m, active=True))} active per token ({m.moe_top_k} of {m.moe_experts} "
+           "experts): memory counts all, compute the active" if m.moe_experts else ""),
         f"micro-batch  {e.batch_size} x {e.seq_len} tokens, {prec}, {cfg.attention} attention",
         "memory",
         f"  weights       {fmt.nbytes(e.weights):>11}   {w_desc}",
