@@ -23,7 +23,7 @@ COMMANDS = {
     "presets": ("zhgpt.model.presets", "list model presets with parameter counts"),
     "generate": ("zhgpt.inference.generate", "generate text from a run, checkpoint or exported model"),
     "chat": ("zhgpt.inference.chat", "talk to a model in the terminal (multi-turn, streaming, /reset)"),
-    "eval": ("zhgpt.inference.evaluate", "perplexity and bits per character of a model on text files"),
+    "eval": ("zhgpt.inference.evaluate", "bits per character of a model on text files; continuation ROUGE-L/BLEU; lm-eval tasks"),
     "export": ("zhgpt.inference.export", "export a checkpoint as a Hugging Face model folder"),
     "report": ("zhgpt.report.report", "loss curves, sample evolution and report.html for runs"),
     "estimate": ("zhgpt.training.estimate", "parameter count, memory and time estimates for a model"),

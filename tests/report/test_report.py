@@ -102,7 +102,8 @@ def run_dir(tmp_path):
 
 def test_report_writes_files_and_tables(run_dir):
     written = main(ReportConfig(runs=[str(run_dir)]))
-    assert [p.name for p in written] == ["loss_curve.png", "report.md", "report.html"]
+    # (+ reference_curve.png: the run's preset, cpu-tiny, ships a reference curve; tests/report/test_surprise_reference.py)
+    assert [p.name for p in written][:3] == ["loss_curve.png", "report.md", "report.html"]
     for p in written:
         assert p.is_file() and p.stat().st_size > 500
     assert (run_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -137,7 +138,8 @@ def test_stage_labels_come_out_in_order(run_dir):
         idx = [STAGES.index(r["stage"]) for r in evo[prompt]]
         assert idx[0] == 0 and idx[-1] == 3 and idx == sorted(idx), (prompt, idx)
     html = main(ReportConfig(runs=[str(run_dir)]))[2].read_text(encoding="utf-8")
-    positions = [html.index(f'class="stage s{i}">{s}<') for i, s in enumerate(STAGES)]
+    # (the fifth stage, "copying", needs the copy rate, which this old-style run does not have)
+    positions = [html.index(f'class="stage s{i}">{s}<') for i, s in enumerate(STAGES[:4])]
     assert positions == sorted(positions)
 
 
@@ -160,7 +162,7 @@ def test_stage_rule_uses_numbers_not_steps():
 def test_truncated_jsonl_and_missing_optional_files(tmp_path, capsys):
     run = make_run(tmp_path / "killed", truncate=True, run_json=False, samples=False)
     written = main(ReportConfig(runs=[str(run)]))
-    assert len(written) == 3
+    assert [p.name for p in written][:3] == ["loss_curve.png", "report.md", "report.html"]
     assert "skipped 1 unreadable line" in capsys.readouterr().err
     md = (run / "report.md").read_text(encoding="utf-8")
     assert "no samples yet" in md and "skipped 1 unreadable line" in md

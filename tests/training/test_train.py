@@ -217,6 +217,9 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run_bitwise(pd_dataset,
     a, b = _losses(ref), _losses(crashed)
     assert sorted(a) == sorted(b) == list(range(1, 31))
     assert a == b     # bitwise: the same floats, not approximately
+    # the surprise map: the killed run's record at the resumed step is dropped and redone, none repeated
+    surprise = lambda run: read_jsonl(Path(run) / "surprise.jsonl")
+    assert [r["step"] for r in surprise(crashed)] == [0, 10, 20, 30] and surprise(crashed) == surprise(ref)
 
 
 @pytest.mark.slow

@@ -46,12 +46,14 @@ from zhgpt.config import add_args, from_args, narrow, opt, print_config
 from zhgpt.core.files import new_temp_dir, replace_dir
 from zhgpt.errors import ZhgptError
 from zhgpt.data.neardup import NearDupIndex, mix64
+from zhgpt.data.ngram_index import BloomBuilder
 from zhgpt.data.sources import ReadOptions, ReadStats, expand_sources, iter_documents
 from zhgpt.data.tokenizer import (KINDS, default_sample_chars, default_vocab_size, eot_id, load_tokenizer,
                              save_tokenizer, tokenizer_hash, tokenizer_kind, train_tokenizer)
 
 # Bump when a change here changes the bytes written for the same inputs (invalidates caches).
-PREPARE_VERSION = 1
+# 2: the copy index (train_ngrams8.bloom), so that cached datasets gain one.
+PREPARE_VERSION = 2
 # Characters per encode_batch call: ~0.75 MB of CJK text, ~2.5k short documents; big enough that the
 # Rust thread pool has work for every core, small enough that reading + cleaning the next batch (Python,
 # this thread) overlaps the encoding of most of the corpus (builtin, 2 idle cores, best of 4 rounds:
@@ -66,7 +68,8 @@ _MASK64 = (1 << 64) - 1
 # Settings that change the output: they (and the inputs' path/size/mtime) make up the cache key.
 _KEY_FIELDS = ("sources", "tokenizer", "vocab_size", "sample_chars", "val_fraction", "min_val_docs",
                "min_val_chars", "val_source", "min_chars", "encoding", "errors", "doc_sep", "field",
-               "skip_bad_lines", "t2s", "max_doc_chars", "nfkc", "dedup", "shard_tokens", "model_max_length")
+               "skip_bad_lines", "t2s", "max_doc_chars", "nfkc", "dedup", "shard_tokens", "model_max_length",
+               "copy_index")
 # Added to the key only with --near-dup, so that datasets prepared without it keep their cache key.
 _NEAR_DUP_KEY_FIELDS = ("near_dup", "near_dup_threshold", "near_dup_ngram")
 # Raw characters of documents cleaned together with --near-dup: its hashing is vectorised over a
@@ -99,6 +102,9 @@ class DataConfig(ReadOptions, CleanOptions):
                                        "benchmark text); the sources then all go to train")
     workers: int = opt(0, "tokenizer threads (0 = all cores)")
     shard_tokens: int = opt(shards.DEFAULT_SHARD_TOKENS, "tokens per shard file")
+    copy_index: bool = opt(True, "build the copy index: a Bloom filter of the training text's 8-character "
+                                 "spans (~1.25 bytes per character), which training uses to measure how much "
+                                 "of the generated text is copied (copy_rate)")
     force: bool = opt(False, "rebuild even if the folder is up to date")
     quiet: bool = opt(False, "print nothing but errors")
 
@@ -373,6 +379,93 @@ def _sample_pass(cfg: DataConfig, files, val_files, sample_chars: int, near=None
 
 
 # ----------------------------------------------------------------------------------------------
+# the copy index, fed by pass 2
+
+class _CopyIndexFeed:
+    """Sends the text of every training document to the copy index (``zhgpt.data.ngram_index``) during
+    the tokenize pass, on a thread of its own (numpy releases the GIL; at most 2 batches in flight),
+    so the corpus is never held: only the filter is.
+
+    Which documents are train: not the val source, not left out by a source weight below 1 (0 repeats),
+    and hash >= the val threshold. When a tokenizer is trained the threshold is known before this pass;
+    otherwise ``choose_val_threshold`` fixes it after the pass, and may raise it above the val-fraction
+    bound to the ``min_val_docs`` smallest hashes or the first ``min_val_chars`` characters of them. The
+    documents that could still become val that way are held back (a heap by hash: at most
+    ``min_val_docs`` documents and ``min_val_chars`` characters plus one document) and indexed in
+    ``finish`` once the threshold is known; every other document goes to the index as it is read."""
+
+    def __init__(self, cfg: DataConfig, threshold: int | None, expected: int):
+        self.cfg, self.threshold, self.base = cfg, threshold, val_threshold(cfg.val_fraction)
+        self.builder = BloomBuilder(expected)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zhgpt-copyindex")
+        self.pending: deque = deque()
+        self.batch: list[str] = []
+        self.size = 0
+        self.held: list[tuple[int, int, str | None]] = []    # (-hash, chars, text or None if never train)
+        self.held_chars = 0
+        self.busy_s = 0.0        # seconds the index thread worked (it overlaps reading and encoding)
+
+    def add(self, text: str, h: int, is_val: bool, reps: int) -> None:
+        if is_val:
+            return
+        if self.threshold is not None:
+            if reps and h >= self.threshold:
+                self._queue(text)
+            return
+        heapq.heappush(self.held, (-h, len(text) + 1, text if reps and h >= self.base else None))
+        self.held_chars += len(text) + 1
+        cfg = self.cfg
+        # the largest held hash can no longer be val once min_val_docs smaller ones, or min_val_chars
+        # characters of them, were seen
+        while self.held and (len(self.held) > cfg.min_val_docs
+                             or self.held_chars - self.held[0][1] >= cfg.min_val_chars):
+            _, chars, t = heapq.heappop(self.held)
+            self.held_chars -= chars
+            if t is not None:
+                self._queue(t)
+
+    def _queue(self, text: str) -> None:
+        self.batch.append(text)
+        self.size += len(text)
+        if self.size >= BATCH_CHARS:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self.batch:
+            self.pending.append(self.pool.submit(self._work, self.batch))
+            self.batch, self.size = [], 0
+        while len(self.pending) > 2:
+            self.pending.popleft().result()
+
+    def _work(self, texts: list[str]) -> None:
+        t = time.perf_counter()
+        self.builder.add_texts(texts)
+        self.busy_s += time.perf_counter() - t
+
+    def finish(self, threshold: int, folder: Path) -> dict:
+        """Index the held documents that are train under the final threshold; write the filter."""
+        for negh, _, t in self.held:
+            if t is not None and -negh >= threshold:
+                self._queue(t)
+        self.held = []
+        self._submit()
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown()
+        t = time.perf_counter()
+        entry = self.builder.save(folder)
+        self.busy_s += time.perf_counter() - t
+        return {**entry, "nfkc": self.cfg.nfkc, "seconds": round(self.busy_s, 2)}
+
+    def close(self) -> None:
+        for f in self.pending:
+            f.cancel()
+        self.pool.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------
 # pass 2: tokenise into one stream
 
 class _Tokenized:
@@ -403,7 +496,8 @@ def _encode(tok, texts: list[str], eot: int) -> tuple[np.ndarray, list[int]]:
     return np.array(flat, dtype=np.uint32), lens
 
 
-def _tokenize_pass(cfg: DataConfig, reader: _Reader, tok, eot: int, dtype, tmp: Path, total_bytes: int):
+def _tokenize_pass(cfg: DataConfig, reader: _Reader, tok, eot: int, dtype, tmp: Path, total_bytes: int,
+                   feed: _CopyIndexFeed | None = None):
     doc = _Tokenized()
     stream = shards.ShardWriter(tmp, STREAM, dtype, shard_tokens=1 << 62)
     pending: deque = deque()
@@ -428,6 +522,8 @@ def _tokenize_pass(cfg: DataConfig, reader: _Reader, tok, eot: int, dtype, tmp: 
                 doc.chars.append(n + 1)
                 doc.val.append(is_val)
                 doc.reps.append(1 if is_val or weight == 1.0 else repeats(h, weight))
+                if feed is not None:
+                    feed.add(text, h, is_val, doc.reps[-1])
                 doc.text_bytes += len(text.encode("utf-8", "surrogatepass"))
                 if size >= limit:
                     pending.append(pool.submit(_encode, tok, batch, eot))
@@ -651,12 +747,21 @@ def main(cfg: DataConfig) -> Path:
         reader = _Reader(cfg, files, val_files, near.replay() if near else None)
         total = sum(f.size for f in files) + sum(f.size for f in val_files)
         t = time.perf_counter()
-        doc, stream = _tokenize_pass(cfg, reader, tok, eot, dtype, tmp, total)
-        timing["tokenize_s"] = time.perf_counter() - t
-        reader.check_usable()
-        if threshold is None:
-            threshold = 0 if val_files else choose_val_threshold(
-                doc.np("hashes", np.uint64), doc.np("chars", np.uint64).astype(np.int64), cfg)
+        # ~3 bytes per character of Chinese UTF-8: the filter's first size (it grows, then folds to fit)
+        feed = _CopyIndexFeed(cfg, 0 if val_files else threshold, total // 3) if cfg.copy_index else None
+        try:
+            doc, stream = _tokenize_pass(cfg, reader, tok, eot, dtype, tmp, total, feed)
+            timing["tokenize_s"] = time.perf_counter() - t
+            reader.check_usable()
+            if threshold is None:
+                threshold = 0 if val_files else choose_val_threshold(
+                    doc.np("hashes", np.uint64), doc.np("chars", np.uint64).astype(np.int64), cfg)
+            copy_index = feed.finish(threshold, tmp) if feed is not None else None
+        finally:
+            if feed is not None:
+                feed.close()
+        if copy_index:
+            timing["copy_index_s"] = copy_index["seconds"]
 
         # ---- split
         t = time.perf_counter()
@@ -666,6 +771,8 @@ def main(cfg: DataConfig) -> Path:
 
         splits = {"train": train.summary(), "val": val.summary()}
         summary = _summary(reader, doc, splits, timing, threshold, cfg, kind, vocab_size)
+        if copy_index:
+            summary["copy_index"] = {k: copy_index[k] for k in ("items", "bytes", "false_positive_rate")}
         meta = {
             "dtype": np.dtype(dtype).name, "vocab_size": vocab_size, "eot_id": eot,
             "tokenizer_hash": tokenizer_hash(tok_dir / "tokenizer.json"), "tokenizer_kind": kind,
@@ -673,6 +780,7 @@ def main(cfg: DataConfig) -> Path:
             "sources": [{**f, "split": "val"} for f in reader.val_stats.files]
                        + [{**f, "split": "train"} for f in reader.stats.files],
             "val_threshold": str(threshold),
+            **({"copy_index": copy_index} if copy_index else {}),
             "config": dataclasses.asdict(cfg), "summary": summary, "cache_key": key,
         }
         shards.write_meta(tmp, meta)
@@ -730,6 +838,10 @@ def format_summary(s: dict, out: Path | str = "") -> str:
            if "tokenizer_train_s" in sec else "")
         + f"; tokenizing {sec.get('tokenize_s', 0):.1f}s = {s['mb_per_s']:.1f} MB/s",
     ]
+    if s.get("copy_index"):
+        ci = s["copy_index"]
+        lines.append(f"  copy index {ci['items']:,} 8-character spans of the train text in {ci['bytes'] / 1e6:,.1f} MB, "
+                     f"{100 * ci['false_positive_rate']:.2f} % false positives ({sec.get('copy_index_s', 0):.1f}s)")
     return "\n".join(lines)
 
 

@@ -14,6 +14,12 @@ import time
 from zhgpt.core import fmt
 from zhgpt.report.chat import HEADS as CHAT_HEADS, NOTE as CHAT_NOTE, chat_columns, chat_rows
 from zhgpt.report.evolution import EVOLUTION_ROWS, STAGES, pick_steps
+from zhgpt.report.experts import experts_html, experts_md
+from zhgpt.report.health import health_html, health_md
+from zhgpt.report.probes import probes_html, probes_md
+from zhgpt.report.reference import reference_html, reference_md
+from zhgpt.report.surprise import CSS as SURPRISE_CSS, surprise_html, surprise_md
+from zhgpt.report.stages import stats_html, stats_md
 from zhgpt.report.runs import (Run, chars_per_token, dig, final_metrics, finite, first_of, run_params,
                                tokens_per_sec, tokens_seen, wall_time)
 
@@ -125,10 +131,10 @@ vertical-align:top;text-align:left}th{background:#f6f8fa}td.num{text-align:right
 white-space:nowrap}table.summary{min-width:760px}table.summary th{width:170px}
 td.out{white-space:pre-wrap;word-break:break-all;min-width:420px}
 .stage{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.85em;white-space:nowrap;color:#fff}
-.s0{background:#8c959f}.s1{background:#d4a72c}.s2{background:#218bff}.s3{background:#2da44e}
+.s0{background:#8c959f}.s1{background:#d4a72c}.s2{background:#218bff}.s3{background:#2da44e}.s4{background:#8250df}
 .note{color:#57606a;font-size:.9em}img{max-width:100%;border:1px solid #d0d7de}.prompt{font-weight:bold}
 .best{font-weight:bold}
-"""
+""" + SURPRISE_CSS
 
 
 def _html_page(title: str, body: str) -> str:
@@ -163,10 +169,12 @@ def _thinned(run: Run) -> str:
             if shown < len(steps) else "")
 
 
-STAGE_RULE = ("Stage: derived per row from the numbers — noise (under half Chinese script, or under 10% "
-              "of the run's BPC improvement), characters (no punctuation or over 30% punctuation, heavy "
-              "repetition, or under 40%), words and punctuation (no completed sentence, or under 70%), "
-              "sentences (otherwise). Full rule: zhgpt/report/evolution.py.")
+STAGE_RULE = ("Stage: the evaluation's stage from its generation statistics and probes where the run has them "
+              "(see \"How stages are assigned\" under Generation statistics); otherwise derived per row from the "
+              "text — noise (under half Chinese script, or under 10% of the run's BPC improvement), characters "
+              "(no punctuation or over 30% punctuation, heavy repetition, or under 40%), words and punctuation "
+              "(no completed sentence, or under 70%), sentences (otherwise). Full rules: zhgpt/report/stages.py, "
+              "zhgpt/report/evolution.py.")
 LOSS_HEAD = ["step", "tokens seen", "time", "train loss (EMA)", "val loss", "val BPC", "val ppl"]
 
 
@@ -179,8 +187,12 @@ def render_md(run: Run, rows: list[tuple[str, str]], table: list[dict], evo: dic
     out = [f"# zhgpt report: {md_cell(run.name)}", ""]
     out += [_md_table(["", ""], [[f"**{k}**", md_cell(v)] for k, v in rows]), ""]
     out += ["## Learning curves", "", "![loss curve](loss_curve.png)", ""]
+    out += reference_md(run)
     out += ["## Loss at selected steps", ""]
     out += [_md_table(LOSS_HEAD, [_loss_cells(r) for r in table]) if table else "_no steps logged yet_", ""]
+    out += probes_md(run, _md_table)
+    out += health_md(run, md_cell)
+    out += experts_md(run, _md_table)
     chat = chat_rows(run)
     if chat:
         cols = chat_columns(chat)
@@ -197,6 +209,8 @@ def render_md(run: Run, rows: list[tuple[str, str]], table: list[dict], evo: dic
                             fmt.num(r["val_bpc"]), r["stage"], md_cell(r["output"]) or "_(empty)_"] for r in prow]), ""]
     if evo:
         out += [f"_{STAGE_RULE}{_thinned(run)}_", ""]
+    out += stats_md(run)
+    out += surprise_md(run, md_cell)
     if run.notes:
         out += ["## Notes", ""] + [f"- {md_cell(n)}" for n in run.notes] + [""]
     return "\n".join(out)
@@ -208,9 +222,12 @@ def render_html(run: Run, rows: list[tuple[str, str]], table: list[dict], evo: d
             _html_table(None, [[e(k), e(v)] for k, v in rows], cls="summary", row_headers=True),
             "<h2>Learning curves</h2>",
             f'<img alt="loss curve" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">',
-            "<h2>Loss at selected steps</h2>"]
+            reference_html(run, e), "<h2>Loss at selected steps</h2>"]
     body.append(_html_table(LOSS_HEAD, [[e(c) for c in _loss_cells(r)] for r in table], num_cols=range(7))
                 if table else '<p class="note">no steps logged yet</p>')
+    body.append(probes_html(run, _html_table, e))
+    body += health_html(run, e)
+    body.append(experts_html(run, _html_table))
     chat = chat_rows(run)
     if chat:
         cols = chat_columns(chat)
@@ -235,6 +252,8 @@ def render_html(run: Run, rows: list[tuple[str, str]], table: list[dict], evo: d
         body.append(re.sub(r"<td>(<span class=\"prompt\">)", r'<td class="out">\1', t))
     if evo:
         body.append(f'<p class="note">{e(STAGE_RULE + _thinned(run))}</p>')
+    body.append(stats_html(run, e))
+    body.append(surprise_html(run, e))
     if run.notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in run.notes) + "</ul>")
     return _html_page(f"zhgpt report: {run.name}", "\n".join(body))

@@ -30,7 +30,10 @@ from zhgpt.core.files import atomic_write_bytes, atomic_write_text
 from zhgpt.errors import ZhgptError
 from zhgpt.report.evolution import (EVOLUTION_ROWS, STAGES, evolution, loss_table, pick_steps, stage_label,
                                     text_features)
+from zhgpt.report.experts import PNG_NAME as EXPERTS_PNG, experts_png
 from zhgpt.report.plots import plot_compare, plot_run
+from zhgpt.report.probes import PNG_NAME as PROBES_PNG, probes_png
+from zhgpt.report.reference import reference_png
 from zhgpt.report.render import (compare_rows, render_compare_html, render_compare_md, render_html, render_md,
                                  summary_rows)
 from zhgpt.report.runs import Run, load_run
@@ -70,6 +73,18 @@ def write_report(run: Run, log_x: bool = False, steps: list[int] | None = None) 
     atomic_write_bytes(paths[0], png)   # a reader (or a browser refresh) never sees half a PNG
     atomic_write_text(paths[1], render_md(run, rows, table, evo))
     atomic_write_text(paths[2], render_html(run, rows, table, evo, png))
+    moe_png = experts_png(run)     # None for a dense model
+    if moe_png:
+        atomic_write_bytes(run.path / EXPERTS_PNG, moe_png)
+        paths.append(run.path / EXPERTS_PNG)
+    probe_png = probes_png(run)    # None for a run without probe metrics
+    if probe_png:
+        atomic_write_bytes(run.path / PROBES_PNG, probe_png)
+        paths.append(run.path / PROBES_PNG)
+    ref_png = reference_png(run)   # None where no reference curve is shipped for the run's preset
+    if ref_png:
+        atomic_write_bytes(rf.reference_curve, ref_png)
+        paths.append(rf.reference_curve)
     return paths
 
 

@@ -81,6 +81,7 @@ class Run:
     config: dict
     info: dict
     notes: list[str] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)   # RUN/warnings.jsonl: {step, message}
 
     # Cached: a long run has 10^5 metric lines and the tables look evaluations up per sample.
     @functools.cached_property
@@ -117,12 +118,13 @@ def load_run(path) -> Run:
     for s in samples:
         dedup[(s.get("step"), s.get("prompt", ""))] = s
     samples = sorted(dedup.values(), key=lambda s: (s.get("step") or 0))
+    warnings = _after_resume(read_jsonl(rf.warnings, notes)) if rf.warnings.is_file() else []
     config = load_json(rf.config) if rf.config.is_file() else {}
     info = rf.read_info()
     if not config:
         notes.append("config.json missing: model and data details unknown")
     return Run(path=p, name=p.resolve().name, metrics=metrics, samples=samples, config=config, info=info,
-               notes=notes)
+               notes=notes, warnings=warnings)
 
 
 def dig(d, *keys):

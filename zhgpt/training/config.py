@@ -14,6 +14,7 @@ from zhgpt.config import load_json, opt, parse_duration
 from zhgpt.errors import ZhgptError
 from zhgpt.training.optim import OPTIMIZERS
 from zhgpt.training.layout import RunFolder
+from zhgpt.training.probes import check_probes_flag
 
 DEFAULT_PROMPTS = ["中国的历史", "人工智能是", "今天天气", "教育的目的", "在科学研究中"]
 FINETUNE_LR = 1e-4
@@ -60,6 +61,8 @@ class TrainConfig:
     eval_tokens: int = opt(500_000, "score at most this many validation tokens per evaluation (0 = all)")
     sample_prompts: str = opt("", "file with one prompt per line for the samples at every evaluation")
     sample_tokens: int = opt(48, "tokens generated per sample prompt")
+    probes: str = opt("", "a JSONL file of your own probe items (format: zhgpt/training/probes.py), scored with the "
+                          "built-in ones at every evaluation; 'none' turns the probes off")
     save_every: int = opt(0, "checkpoint every N steps (0 = at every evaluation)")
     save_every_minutes: float = opt(0.0, "also checkpoint when this many minutes have passed since the last such "
                                          "checkpoint (0 = off); SIGTERM / SIGUSR1 always checkpoint and stop")
@@ -95,6 +98,7 @@ class TrainConfig:
         if self.save_every_minutes < 0:
             raise ZhgptError(f"--save-every-minutes must be >= 0, got {self.save_every_minutes}")
         parse_duration(self.time_budget)   # validates
+        check_probes_flag(self.probes)     # a bad probe file fails now, not after data preparation
 
 
 def resolve_config(explicit: dict, model_overrides: dict, device: str, cls: type = TrainConfig,

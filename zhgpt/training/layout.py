@@ -8,12 +8,14 @@ in milliseconds; ``zhgpt.training.runs`` loads models from these folders and
     RUN/run.json             status, params, hardware, tokens seen, final metrics (kept up to date)
     RUN/metrics.jsonl        one record per logged step / evaluation
     RUN/samples.jsonl        one record per (evaluation, prompt)
-    RUN/warnings.jsonl       health warnings: step, kind, message (``zhgpt.training.watch``)
+    RUN/warnings.jsonl       health warnings: step, message ("<kind>: ...", ``zhgpt.training.health``)
+    RUN/surprise.jsonl       per-character bits of one validation paragraph, per evaluation (``training.surprise``)
+    RUN/probes.json          the probe set of the run: files, groups, items and chance per group (``training.probes``)
     RUN/tb/                  TensorBoard events
     RUN/checkpoints/step_NNNNNNN/   model.safetensors, optim.pt, meta.json, tokenizer/
     RUN/checkpoints/best     a text file naming the best checkpoint's folder
     RUN/final/               Hugging Face model folder (``zhgpt.model.hf``)
-    RUN/loss_curve.png, report.md, report.html   written by ``zhgpt report``
+    RUN/loss_curve.png, reference_curve.png, report.md, report.html   written by ``zhgpt report``
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ TOKENIZER = "tokenizer"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(p for p in (Path(run_dir) / CKPT_DIR).glob("step_*") if p.is_dir())
+    """The checkpoint folders, oldest first: exactly ``step_`` + digits, so neither a temp folder of a save that
+    was killed (``.tmp-step_N.*``) nor the aside copy of a re-save (``step_N.old``) is ever picked up."""
+    return sorted(p for p in (Path(run_dir) / CKPT_DIR).glob("step_*") if p.name[5:].isdigit() and p.is_dir())
 
 
 def artifact_root() -> Path:
@@ -59,6 +63,9 @@ class RunFolder:
     metrics = property(lambda self: self.root / "metrics.jsonl")
     samples = property(lambda self: self.root / "samples.jsonl")
     warnings = property(lambda self: self.root / "warnings.jsonl")
+    surprise = property(lambda self: self.root / "surprise.jsonl")
+    probes = property(lambda self: self.root / "probes.json")
+    reference_curve = property(lambda self: self.root / "reference_curve.png")
     tensorboard = property(lambda self: self.root / "tb")
     checkpoints_dir = property(lambda self: self.root / CKPT_DIR)
     final = property(lambda self: self.root / "final")

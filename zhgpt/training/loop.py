@@ -288,9 +288,11 @@ def log_step(tr: Trainer, step: int, loss: float, lr: float, grad_norm, t_start:
     mem = memory_mb(tr.device)
     if mem:
         rec["memory_mb"] = mem
+    if tr.mcfg.moe_experts:      # MoE: aux_loss, z_loss, expert_frac (per layer, share of tokens per expert)
+        rec.update(tr.raw_model.moe_stats())
     append_jsonl(tr.run.metrics, rec)
-    tr.logger.log_scalars(step, {k: rec[k] for k in ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "memory_mb")
-                                 if k in rec})
+    tr.logger.log_scalars(step, {k: rec[k] for k in ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "memory_mb",
+                                                     "aux_loss", "z_loss") if k in rec})
     warn(tr, rec, bar)
     if bar is not None:
         bar.set_postfix_str(f"loss {loss:.3f} {tps / 1000:.1f}k tok/s")

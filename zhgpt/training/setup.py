@@ -84,6 +84,9 @@ def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokeniz
     mcfg, raw_model = build_model(cfg, model_fields, ds, init_model, ckpt, device, quiet=not dist.master,
                                   adapt=lambda m: stage.adapt_model(m, ds, cfg))
     del init_model
+    if cfg.export and mcfg.moe_experts:
+        from zhgpt.model.hf import hf_model_type
+        hf_model_type(mcfg)    # a MoE that no transformers class can hold: say so before training, not after
     n_params = (raw_model.num_params(), raw_model.num_params(non_embedding=True))   # counted before sharding
     flops_per_token = raw_model.flops_per_token()
     dist.shard(raw_model)   # FSDP: parameters become shards before the optimizer sees them
@@ -114,7 +117,7 @@ def setup(cfg: TrainConfig, model_fields: dict, preset: str, dist: Dist, tokeniz
     logger = make_logger(cfg.log, run.root, full_config, enabled=dist.master)
     if dist.master and ckpt is not None:
         # The killed run may have logged steps after its last checkpoint; those steps will be redone.
-        for p in (run.metrics, run.samples, run.warnings):
+        for p in (run.metrics, run.samples, run.warnings, run.surprise):
             truncate_jsonl(p, state["step"])
     tr = Trainer(cfg=cfg, mcfg=mcfg, dist=dist, run=run, ds=ds, val_split=val_split, model=model,
                  raw_model=raw_model, optimizer=optimizer, scaler=scaler, batches=batches, limits=limits,
@@ -169,8 +172,13 @@ def fine_tuning_source(cfg: TrainConfig, model_fields: dict, tokenizer_asked: bo
     if resuming:    # the checkpoint holds the weights; the saved config the shape
         return cfg, model_fields, None, False
     init_model, _, init_info = load_for_inference(src)
+    if model_fields.get("rope_scaling") == "yarn":
+        # Continued training at a longer context: --rope-scaling yarn --rope-factor F (no preset sets these)
+        # makes the context F times the one the model was trained at.
+        init_model.extend_context(model_fields.get("rope_factor", 1.0))
     if master:
-        print(f"fine-tuning from {src} ({init_info.get('kind')}, {init_model.num_params() / 1e6:.2f}M parameters)")
+        print(f"fine-tuning from {src} ({init_info.get('kind')}, {init_model.num_params() / 1e6:.2f}M parameters)"
+              + (f", YaRN context {init_model.cfg.block_size}" if init_model.cfg.rope_scaling == "yarn" else ""))
     return cfg, dataclasses.asdict(init_model.cfg), init_model, False
 
 
@@ -231,6 +239,7 @@ def resume_state(model: torch.nn.Module, optimizer: Optimizers, ckpt: Path | Non
         saved = load_training_state(ckpt)
         dist.load_optimizer(model, optimizer, saved["optimizer"])
         state.update(saved["train_state"])
+        state["saved_step"] = state["step"]     # the loop need not write the checkpoint it resumed from again
         restore_rng(saved["rng"])
     return state
 
@@ -289,6 +298,11 @@ def record_run(cfg: TrainConfig, mcfg: ModelConfig, preset: str, ds, train_split
     run_info = {"status": "running", "preset": preset, "params": n_params,
                 "params_non_embedding": n_params_non_emb, "hardware": hw,
                 "world_size": dist.world, "tokens_per_step": tokens_per_step, "dtype": dtype}
+    active = ""
+    if mcfg.moe_experts:     # MoE: what one token uses (top-k of the experts); FLOPs and MFU count these
+        from zhgpt.model.presets import count_params
+        run_info["params_active"] = count_params(mcfg, active=True)
+        active = f" ({run_info['params_active'] / 1e6:.2f}M active per token)"
     if dist.master:
         run.root.mkdir(parents=True, exist_ok=True)
         save_json(run.config, full_config)
@@ -297,7 +311,7 @@ def record_run(cfg: TrainConfig, mcfg: ModelConfig, preset: str, ds, train_split
         print(f"run folder: {run.root}")
         print(f"data: {ds.path} | tokenizer {data_info['tokenizer_kind']} vocab {ds.vocab_size} | train "
               f"{train_split.tokens:,} tokens ({train_split.chars_per_token:.2f} chars/token) | val {val_split.tokens:,} tokens")
-        print(f"model: {preset} {mcfg.arch} {n_params / 1e6:.2f}M parameters | device {dist.device} "
+        print(f"model: {preset} {mcfg.arch} {n_params / 1e6:.2f}M parameters{active} | device {dist.device} "
               f"{hw.get('gpu', hw['cpu'])} | {dtype} | {tokens_per_step:,} tokens/step"
               + (f" | world {dist.world}" if dist.enabled else ""))
     return full_config, run_info

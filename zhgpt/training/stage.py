@@ -27,8 +27,12 @@ import torch
 
 from zhgpt.errors import ZhgptError
 from zhgpt.training.config import DEFAULT_PROMPTS, TrainConfig
+from zhgpt.training.genstats import GenStatsWatcher
+from zhgpt.training.health import HealthWatcher
 from zhgpt.training.layout import cache_root
+from zhgpt.training.probes import ProbeWatcher
 from zhgpt.training.step import lm_loss
+from zhgpt.training.surprise import SurpriseWatcher
 
 
 @dataclass
@@ -87,8 +91,10 @@ class Stage:
     def watchers(self, cfg: TrainConfig, data) -> list:
         """The ``zhgpt.training.watch`` watchers of this stage: measurements beside the validation loss at
         every evaluation, and health checks on every record (run in this order)."""
-        found: list = []
-        return found   # (watchers are appended above this line, one line each)
+        return [ProbeWatcher(cfg.probes),   # probe_acc(_<group>): minimal pairs / cloze items of Chinese
+                GenStatsWatcher(),          # distinct_2, repeat_4, cjk_ratio, copy_rate of the samples
+                SurpriseWatcher(),          # per-character bits of one validation paragraph
+                HealthWatcher()]            # one-line warnings: initial loss, spikes, overfitting, ...
 
     def final_model(self, model):
         """The plain GPT that RUN/final is exported from."""
