@@ -63,7 +63,7 @@ _ROW_COEF = _R[2 * NUM_PERM:3 * NUM_PERM] | np.uint64(1)   # band key = sum of c
 _BAND_SALT = _R[3 * NUM_PERM]                     # ... + salt * band number
 
 
-def _fmix64(h: np.ndarray) -> np.ndarray:
+def fmix64(h: np.ndarray) -> np.ndarray:
     """MurmurHash3's 64-bit finaliser, in place: inputs differing in one character (or one minhash)
     get unrelated outputs; the polynomial and linear sums alone keep them close in the low bits."""
     with np.errstate(over="ignore"):
@@ -94,7 +94,7 @@ def ngram_hashes(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
     starts = np.cumsum(lens) - lens
     pos = np.arange(m) - np.repeat(starts, lens)[:m]        # position inside its document
     keep = pos < np.repeat(counts, lens)[:m]
-    return _fmix64(h[keep]) >> np.uint64(32), counts
+    return fmix64(h[keep]) >> np.uint64(32), counts
 
 
 def signatures(texts: list[str], n: int = 5) -> np.ndarray:
@@ -146,7 +146,7 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         h = (m * _ROW_COEF[:rows]).sum(axis=2, dtype=np.uint64)
         h += np.arange(1, bands + 1, dtype=np.uint64) * _BAND_SALT
-    return _fmix64(h)
+    return fmix64(h)
 
 
 class _SortedRuns:

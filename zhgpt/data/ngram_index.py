@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from zhgpt.data.clean import normalize
+from zhgpt.data.neardup import fmix64   # spans differing in one character get unrelated bits
 
 NGRAM = 8                 # characters per span: ~5 Chinese words, rarely shared by chance (see copy_rate_val)
 BITS_PER_ITEM = 10        # 1.25 bytes per 8-gram ...
@@ -41,17 +42,6 @@ _SEP = "\0"               # document separator inside a batch: the cleaner remov
 _ONE, _SIX3, _S32 = np.uint64(1), np.uint64(63), np.uint64(32)
 # Whitespace code points below U+3001 (there is none above it): str.isspace, as textstats.visible.
 _SPACE = np.array([chr(i).isspace() for i in range(0x3001)], dtype=bool)
-
-
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser, in place: spans that differ in one character get unrelated bits."""
-    with np.errstate(over="ignore"):
-        h ^= h >> np.uint64(33)
-        h *= np.uint64(0xFF51AFD7ED558CCD)
-        h ^= h >> np.uint64(33)
-        h *= np.uint64(0xC4CEB9FE1A85EC53)
-        h ^= h >> np.uint64(33)
-    return h
 
 
 def span_hashes(texts: list[str], n: int = NGRAM) -> np.ndarray:
@@ -72,12 +62,12 @@ def span_hashes(texts: list[str], n: int = NGRAM) -> np.ndarray:
             h += cp[k:k + m]
     # a span is kept when it holds no separator: separators in cp[i:i+n] = z[i+n] - z[i]
     z = np.concatenate(([0], np.cumsum(cp == 0)))
-    return _fmix64(h[z[n:n + m] == z[:m]])
+    return fmix64(h[z[n:n + m] == z[:m]])
 
 
 def _positions(h: np.ndarray, words: int):
     """(word index, bit mask) of each of the k probes of each hash: double hashing g_i = h + i * h2."""
-    g2 = _fmix64(h ^ np.uint64(0x5851F42D4C957F2D)) | _ONE
+    g2 = fmix64(h ^ np.uint64(0x5851F42D4C957F2D)) | _ONE
     g = h.copy()
     with np.errstate(over="ignore"):
         for _ in range(NUM_HASHES):
