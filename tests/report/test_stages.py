@@ -16,6 +16,11 @@ def test_each_threshold():
     assert eval_stage({**GOOD, "repeat_4": 0.2}, 1.0) == "words and punctuation"
     assert eval_stage({**GOOD, "probe_acc": 0.7}, 0.9) == "words and punctuation"
     assert eval_stage({**GOOD, "probe_acc": 0.8}, 0.9) == "sentences"
+    # probe bounds are gains over what the tokenizer alone scores (probe_base; 0.5 when not recorded)
+    assert eval_stage({**GOOD, "probe_acc": 0.65}, 1.0) == "words and punctuation"
+    assert eval_stage({**GOOD, "probe_acc": 0.65, "probe_base": 0.58}, 1.0) == "characters"
+    assert eval_stage({**GOOD, "probe_acc": 0.8, "probe_base": 0.58}, 1.0) == "words and punctuation"
+    assert eval_stage({**GOOD, "probe_acc": 0.85, "probe_base": 0.58}, 1.0) == "sentences"
     no_copy = {k: v for k, v in GOOD.items() if k != "copy_rate"}
     assert eval_stage(no_copy, None) == "sentences"                    # absent numbers take no part
 

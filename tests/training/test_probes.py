@@ -203,12 +203,13 @@ def test_watcher_scores_builtin_and_user_groups(pd_dataset, tmp_path):
     tr = _tr(tmp_path, ds, model)
     w.start(tr)
     m = w.at_eval(tr, 0, [])
-    assert set(m) == {"probe_acc"} | {f"probe_acc_{g}" for g in BUILTIN_GROUPS | {"mine"}}
+    assert set(m) == {"probe_acc", "probe_base"} | {f"probe_acc_{g}" for g in BUILTIN_GROUPS | {"mine"}}
     assert all(0 <= v <= 1 for v in m.values())
     assert abs(m["probe_acc"] - 0.5) < 0.1
     info = json.loads(tr.run.probes.read_text(encoding="utf-8"))
     assert info["files"] == ["builtin", str(user)] and info["items"] == len(load_probes(BUILTIN)) + 2
     assert info["groups"]["mine"]["chance"] == pytest.approx((1 / 2 + 1 / 3) / 2, abs=1e-4)
+    assert m["probe_base"] == pytest.approx(info["token_baseline"], abs=1e-4)   # the whole set's, for the stages
     assert 0.4 <= info["groups"]["facts"]["token_baseline"] <= 0.6
     assert w.at_eval(tr, 0, []) == m                         # deterministic
     off = ProbeWatcher("none")

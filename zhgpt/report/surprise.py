@@ -131,8 +131,8 @@ def surprise_md(run: Run, cell) -> list[str]:
 
 
 def _legend(top: float, e) -> str:
-    cells = [f'<span class="hm h{i}">{e(f"{top * i / LEVELS:.1f}")}</span>' for i in range(0, LEVELS, 3)]
-    cells.append(f'<span class="hm h{LEVELS - 1}">{e(f"{top:.1f}+")}</span>')
+    cells = [f'<span class="hm key h{i}">{e(f"{top * i / LEVELS:.1f}")}</span>' for i in range(0, LEVELS, 3)]
+    cells.append(f'<span class="hm key h{LEVELS - 1}">{e(f"{top:.1f}+")}</span>')
     return '<p class="note">bits per character: ' + "".join(cells) + "</p>"
 
 
@@ -160,6 +160,6 @@ def surprise_html(run: Run, e) -> str:
 
 
 CSS = (".hm{display:inline-block;min-width:1em;text-align:center;white-space:pre;line-height:1.5}"
-       "td.heat{word-break:break-all;max-width:900px}"
+       "td.heat{word-break:break-all;max-width:900px}.hm.key{padding:0 .5em}"
        + "".join(f".h{i}{{background:{colour((i + 0.5) / LEVELS)}" + (";color:#fff}" if i >= 0.7 * LEVELS else "}")
                  for i in range(LEVELS)))

@@ -269,6 +269,7 @@ class ProbeWatcher(Watcher):
         self.items: list[Probe] = []
         self.batches: list = []
         self.owner: list[tuple[int, int]] = []      # (item, alternative) of every sequence
+        self.base = 0.5                             # the token baseline over all items (set at start)
 
     def start(self, tr) -> None:
         tokenizer_dir = getattr(tr.ds, "tokenizer_dir", None)
@@ -291,12 +292,14 @@ class ProbeWatcher(Watcher):
         self.owner = [(i, j) for i, p in enumerate(self.items) for j in range(len(p.texts))]
         vocab = getattr(tr.mcfg, "vocab_size", 0) or tok.get_vocab_size()
         self.batches = make_batches(seqs, max(limit, LOGIT_BUDGET // vocab), skip)
+        lengths = [[len(s) for s in seq] for seq, ok in zip(ids, fits) if ok]
+        baseline = token_baseline(self.items, lengths)
+        self.base = round(sum(baseline) / max(len(baseline), 1), 4)
         if tr.dist.master:
             skipped = len(items) - len(self.items)
             if skipped:
                 print(f"zhgpt: note: {skipped} probe item(s) longer than the context ({limit} tokens) are skipped")
-            lengths = [[len(s) for s in seq] for seq, ok in zip(ids, fits) if ok]
-            save_json(tr.run.probes, describe(self.files, self.items, skipped, token_baseline(self.items, lengths)))
+            save_json(tr.run.probes, describe(self.files, self.items, skipped, baseline))
 
     def scores(self, model, device: str, amp_dtype) -> list[float]:
         """Each item's credit (see ``credit``), from the log-likelihoods of what differs between alternatives."""
@@ -309,7 +312,10 @@ class ProbeWatcher(Watcher):
     def at_eval(self, tr, step: int, samples) -> dict:
         if not self.items:
             return {}
-        return probe_metrics(self.items, self.scores(tr.raw_model, tr.device, tr.amp_dtype))
+        # probe_base: what the tokenizer alone scores (see token_baseline), the floor the report's stages
+        # measure the probes from
+        return {**probe_metrics(self.items, self.scores(tr.raw_model, tr.device, tr.amp_dtype)),
+                "probe_base": self.base}
 
 
 def token_baseline(items: list[Probe], lengths: list[list[int]]) -> list[float]:
