@@ -207,8 +207,10 @@ def test_assumptions_in_numbers():
     assert q8.optimizer == 2 * q8.params and bf16.optimizer == 8 * bf16.params
     assert bf16.activations < fp32.activations
     assert ck.total < bf16.total and ck.step_time_s == pytest.approx(bf16.step_time_s * 8 / 6)
-    # 6N + 12LCT FLOPs per token at 100 TFLOPS
-    assert bf16.step_time_s == pytest.approx(E.flops_per_token(cfg, 1024) * 8 * 1024 / 100e12)
+    # tokens x (6N + 12LCT) FLOPs per token / (peak x MFU)
+    e = E.estimate(cfg, 8, peak=989e12, mfu=0.4)
+    assert e.step_time_s == pytest.approx(E.flops_per_token(cfg, 1024) * 8 * 1024 / (989e12 * 0.4))
+    assert E.estimate(cfg, 8, peak=989e12, mfu=0.2).step_time_s == pytest.approx(2 * e.step_time_s)
 
 
 def test_main_table_and_single_preset(capsys):
@@ -225,6 +227,42 @@ def test_main_table_and_single_preset(capsys):
     assert ests[0].model.arch == "llama" and ests[0].seq_len == 512
     assert "largest" not in out and "fits in 24.00 GiB" in out and "batch" in out
     assert "256 micro-batches" in out
+
+
+def test_time_comes_from_the_peak_training_uses_times_mfu(capsys, zhgpt_home):
+    """Without flags: the peak mfu.peak_flops gives training (here: this CPU's measured and cached peak) and the
+    CPU's default MFU; --mfu replaces the MFU, --device-tflops the peak, and the printed time follows."""
+    import json
+    from zhgpt.training.layout import cache_root
+    from zhgpt.training.mfu import peak_flops
+    peak, _ = peak_flops("cpu", torch.bfloat16, cache_root())      # measured once, cached for what follows
+    key = next(iter(json.loads((cache_root() / "peak_flops.json").read_text())))
+    [e] = E.main(E.EstimateConfig(preset="cpu-tiny"))
+    out = capsys.readouterr().out
+    mfu = E.DEFAULT_MFU["cpu"][0]
+    assert f"MFU {mfu:.0%} (cpu default, measured" in out and "measured: " in out and "peak_flops.json" in out
+    assert e.step_time_s == pytest.approx(e.flops_per_token * e.tokens_per_step / (peak * mfu))
+    assert key.endswith("bfloat16")
+    [half] = E.main(E.EstimateConfig(preset="cpu-tiny", mfu=2 * mfu))
+    out = capsys.readouterr().out
+    assert half.step_time_s == pytest.approx(e.step_time_s / 2) and "(--mfu)" in out
+    [gpu] = E.main(E.EstimateConfig(preset="cpu-tiny", device_tflops=989, mfu=0.4))
+    out = capsys.readouterr().out
+    assert "peak 989 TFLOP/s (--device-tflops) x MFU 40% (--mfu)" in out
+    assert gpu.step_time_s == pytest.approx(gpu.flops_per_token * gpu.tokens_per_step / (989e12 * 0.4))
+    from zhgpt.core import fmt
+    assert f"1B tokens in {fmt.estimate_time(gpu.step_time_s * 1e9 / gpu.tokens_per_step)}" in out
+
+
+@pytest.mark.parametrize("bad", ["0", "-0.1", "1.5"])
+def test_bad_mfu_is_a_one_line_error(bad):
+    with pytest.raises(ZhgptError, match="--mfu must be a fraction in"):
+        E.EstimateConfig(mfu=float(bad))
+    proc = subprocess.run([sys.executable, "-m", "zhgpt", "estimate", "--preset", "cpu-tiny", "--mfu", bad],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("zhgpt: error: --mfu must be a fraction")
+    assert "Traceback" not in proc.stderr
 
 
 def test_errors():

@@ -26,9 +26,11 @@ Assumptions (the numbers a training step of ``zhgpt train`` actually allocates):
 - **Total** is the sum of the lines: the peak at the start of backward, with gradients counted in full
   (``zero_grad(set_to_none=False)`` or gradient accumulation keep them all alive). No allocator
   fragmentation or CUDA context is included; ``--memory`` keeps 15% headroom for those.
-- **Time** is training FLOPs (``6*N + 12*L*C*T`` per token, as ``GPT.flops_per_token``) divided by
-  ``--device-tflops``, the *sustained* throughput: roughly peak x MFU, e.g. A100 bf16 312 x 0.4 = ~125,
-  H100 ~400, RTX 4090 ~65, a 2-core CPU ~0.1. Gradient checkpointing re-runs the forward (+2N of 6N).
+- **Time** is tokens x training FLOPs per token (``6*N + 12*L*C*T``, as ``GPT.flops_per_token``) / (peak x
+  MFU). The peak comes from where training takes it (``mfu.peak_flops``: the GPU table, or the matmul
+  measurement cached per machine, threads and dtype); ``--device-tflops`` overrides it. The MFU is
+  ``--mfu``, else a default per device kind (``DEFAULT_MFU``). Gradient checkpointing re-runs the forward
+  (+2N of 6N). Checked against measured runs in bench/RESULTS.md ("zhgpt estimate's time vs measured runs").
 """
 from __future__ import annotations
 
@@ -38,8 +40,11 @@ from dataclasses import dataclass
 
 from zhgpt.config import add_args, from_args, opt, overrides_from_args, parse_size, print_config, text_table
 from zhgpt.core import fmt
+from zhgpt.core.device import DTYPES, hardware_info, resolve_device
 from zhgpt.errors import ZhgptError
 from zhgpt.model.gpt import ModelConfig
+from zhgpt.training.layout import cache_root
+from zhgpt.training.mfu import peak_flops
 from zhgpt.training.optim import OPTIMIZERS
 from zhgpt.model.presets import PRESETS, count_params, get_preset
 
@@ -49,6 +54,15 @@ ATTENTIONS = ("flash", "math")
 # Share of --memory we plan to fill: the rest is for the CUDA context (~0.3-0.6 GiB), cuBLAS
 # workspaces and caching-allocator fragmentation, which max_memory_allocated() does not see.
 USABLE_FRACTION = 0.85
+# Expected MFU when --mfu is not given, per device kind, with where the figure comes from.
+DEFAULT_MFU = {
+    # Measured: the default `zhgpt train` (cpu-tiny, bf16, Muon, 10 min) ran at 22.1 % median MFU (131 log
+    # lines) on a 2-core AMD EPYC; five other bf16 runs of that size there, 20-26 % (bench/RESULTS.md).
+    "cpu": (0.22, "measured: median of the default cpu-tiny run on a 2-core EPYC"),
+    # Assumed, not measured here (no GPU run yet): below nanochat's reported 41-46 % (H100, bf16, compiled)
+    # as a margin for eager mode, smaller models and other GPUs.
+    "gpu": (0.35, "assumed, not measured here (nanochat reports 41-46 % on H100)"),
+}
 
 
 @dataclass
@@ -69,8 +83,12 @@ class EstimateConfig:
     attention: str = opt("flash", "attention kernel: flash (no T x T matrix saved) or math (saves it)",
                          choices=ATTENTIONS)
     memory: str | None = opt(None, "device memory, e.g. 24GB: report the largest batch that fits")
-    device_tflops: float = opt(100.0, "sustained training throughput in TFLOPS for the time estimate "
-                               "(~peak x 0.4: A100 bf16 ~125, H100 ~400, RTX 4090 ~65, 2-core CPU ~0.1)")
+    device_tflops: float | None = opt(None, "peak TFLOPS of the device for the time estimate (default: as "
+                                      "training takes it: the GPU table, or this CPU's measured peak), "
+                                      "e.g. A100 bf16 312, H100 989, RTX 4090 165")
+    mfu: float | None = opt(None, "expected MFU, 0 < mfu <= 1; time = FLOPs / (peak x mfu) "
+                                  f"(default: {DEFAULT_MFU['cpu'][0]} on CPU, measured; "
+                                  f"{DEFAULT_MFU['gpu'][0]} on GPUs, assumed)")
     tokens_per_step: int | None = opt(None, "tokens per optimizer step incl. gradient accumulation "
                                       "(default: batch_size * seq_len)")
 
@@ -79,8 +97,10 @@ class EstimateConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ZhgptError(f"--{name.replace('_', '-')} must be positive, got {v}")
-        if self.device_tflops <= 0:
+        if self.device_tflops is not None and self.device_tflops <= 0:
             raise ZhgptError(f"--device-tflops must be positive, got {self.device_tflops}")
+        if self.mfu is not None and not 0 < self.mfu <= 1:
+            raise ZhgptError(f"--mfu must be a fraction in (0, 1], got {self.mfu}; e.g. --mfu 0.3 for 30 %")
         if self.memory is not None:
             parse_size(self.memory)   # fail early on "24 gigs"
         unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(ModelConfig)})
@@ -269,8 +289,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 def estimate(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, *, precision: str = "bf16",
              optimizer: str = "adamw", grad_checkpointing: bool = False, attention: str = "flash",
-             device_tflops: float = 100.0, tokens_per_step: int | None = None, memory: int | None = None,
-             name: str = "") -> Estimate:
+             peak: float = 312e12, mfu: float = DEFAULT_MFU["gpu"][0], tokens_per_step: int | None = None,
+             memory: int | None = None, name: str = "") -> Estimate:
+    """Memory and time of one step; time at ``peak`` FLOP/s (default: A100 bf16 dense) x ``mfu``."""
     seq_len = seq_len or cfg.block_size
     if seq_len > cfg.block_size:
         raise ZhgptError(f"seq_len {seq_len} exceeds the model's block_size {cfg.block_size}; "
@@ -288,7 +309,7 @@ def estimate(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, *, p
     est = Estimate(name=name, model=cfg, batch_size=batch_size, seq_len=seq_len, params=n, weights=weights,
                    grads=grads, optimizer=opt_bytes, activations=act, activations_ckpt=act_ckpt, logits=logits,
                    grad_checkpointing=grad_checkpointing, flops_per_token=fpt, tokens_per_step=tps,
-                   step_time_s=fpt * tps * recompute / (device_tflops * 1e12))
+                   step_time_s=fpt * tps * recompute / (peak * mfu))
     if memory is not None:
         est.max_batch = largest_batch(cfg, seq_len, memory, precision=precision, optimizer=optimizer,
                                       attention=attention, grad_checkpointing=False)
@@ -310,7 +331,7 @@ def largest_batch(cfg: ModelConfig, seq_len: int, memory: int, *, precision="bf1
 
 # --- formatting -----------------------------------------------------------------------------------
 
-def format_estimate(e: Estimate, cfg: EstimateConfig, memory: int | None) -> str:
+def format_estimate(e: Estimate, cfg: EstimateConfig, memory: int | None, sustained: float) -> str:
     m = e.model
     prec = "fp32" if cfg.precision == "fp32" else f"{cfg.precision} autocast, fp32 master weights"
     opt_desc = {"adamw": "AdamW, fp32 m and v (8 B/param)",
@@ -348,14 +369,14 @@ def format_estimate(e: Estimate, cfg: EstimateConfig, memory: int | None) -> str
     lines += [
         f"compute      {e.flops_per_token / 1e9:.2f} GFLOP/token (6N + 12*L*C*T), "
         f"{e.tokens_per_step:,} tokens/step" + (f" ({accum:g} micro-batches)" if accum != 1 else ""),
-        f"time         {fmt.estimate_time(e.step_time_s)} per step at {cfg.device_tflops:g} TFLOPS sustained"
+        f"time         {fmt.estimate_time(e.step_time_s)} per step at {sustained / 1e12:.3g} TFLOP/s sustained"
         + (" (+33% for recomputation)" if e.grad_checkpointing else "")
         + f"; 1B tokens in {fmt.estimate_time(e.step_time_s * 1e9 / e.tokens_per_step)}",
     ]
     return "\n".join(lines)
 
 
-def format_table(ests: list[Estimate], cfg: EstimateConfig, memory: int | None) -> str:
+def format_table(ests: list[Estimate], cfg: EstimateConfig, memory: int | None, sustained: float) -> str:
     head = ["preset", "params", "batch", "weights", "grads", "optimizer", "activations", "total", "step time"]
     if memory is not None:
         head.append("max batch")
@@ -370,12 +391,30 @@ def format_table(ests: list[Estimate], cfg: EstimateConfig, memory: int | None) 
         rows.append(row)
     note = (f"{cfg.precision} {'autocast with fp32 master weights' if cfg.mixed else ''}, {cfg.optimizer}, "
             f"{'with' if cfg.grad_checkpointing else 'no'} gradient checkpointing, {cfg.attention} attention; "
-            f"step time for batch x seq tokens at {cfg.device_tflops:g} TFLOPS sustained"
+            f"step time for batch x seq tokens at {sustained / 1e12:.3g} TFLOP/s sustained"
             + (f"; max batch in {fmt.nbytes(memory)}" if memory is not None else ""))
     return text_table(rows, right=True) + "\n\n" + note.replace("  ", " ")
 
 
 # --- stage entry points ------------------------------------------------------------------------------
+
+def throughput(cfg: EstimateConfig) -> tuple[float, str, float, str]:
+    """(peak FLOP/s, where it came from, MFU, where it came from) for the time estimate on this machine's
+    device (`--device auto`, one process with the threads torch uses now), as training would take them."""
+    device = resolve_device("auto")
+    kind = "cpu" if device == "cpu" else "gpu"
+    if cfg.device_tflops is not None:
+        peak, peak_src = cfg.device_tflops * 1e12, "--device-tflops"
+    else:
+        peak, how = peak_flops(device, DTYPES[cfg.precision], cache_root())
+        what = hardware_info(device)
+        peak_src = (f"{how}: {what.get('gpu', what['cpu'])}, {what['threads']} threads, {cfg.precision}"
+                    + (f" (cached in {cache_root() / 'peak_flops.json'})" if how == "measured" else ""))
+    if cfg.mfu is not None:
+        return peak, peak_src, cfg.mfu, "--mfu"
+    mfu, mfu_src = DEFAULT_MFU[kind]
+    return peak, peak_src, mfu, f"{kind} default, {mfu_src}; set --mfu"
+
 
 def model_for(cfg: EstimateConfig, preset: str) -> ModelConfig:
     fields, _ = get_preset(preset)
@@ -390,6 +429,8 @@ def model_for(cfg: EstimateConfig, preset: str) -> ModelConfig:
 def main(cfg: EstimateConfig) -> list[Estimate]:
     memory = parse_size(cfg.memory) if cfg.memory is not None else None
     names = [cfg.preset] if cfg.preset else list(PRESETS)
+    peak, peak_src, mfu, mfu_src = throughput(cfg)
+    print(f"time at peak {peak / 1e12:.3g} TFLOP/s ({peak_src}) x MFU {mfu:.0%} ({mfu_src})")
     ests = []
     for name in names:
         model = model_for(cfg, name)
@@ -397,12 +438,12 @@ def main(cfg: EstimateConfig) -> list[Estimate]:
         batch = cfg.batch_size or train.get("batch_size", 8)
         ests.append(estimate(model, batch, cfg.seq_len, precision=cfg.precision, optimizer=cfg.optimizer,
                              grad_checkpointing=cfg.grad_checkpointing, attention=cfg.attention,
-                             device_tflops=cfg.device_tflops, tokens_per_step=cfg.tokens_per_step,
+                             peak=peak, mfu=mfu, tokens_per_step=cfg.tokens_per_step,
                              memory=memory, name=name))
     if cfg.preset:
-        print(format_estimate(ests[0], cfg, memory))
+        print(format_estimate(ests[0], cfg, memory, peak * mfu))
     else:
-        print(format_table(ests, cfg, memory))
+        print(format_table(ests, cfg, memory, peak * mfu))
     return ests
 
 
