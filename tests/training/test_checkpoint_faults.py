@@ -23,6 +23,17 @@ from zhgpt.training.layout import list_checkpoints
 
 CFG = dict(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32, tie_embeddings=True)
 
+# Python run in a child process: SIGKILL itself at the rename that would complete checkpoint step 20.
+KILL_AT_STEP_20_RENAME = textwrap.dedent("""
+    import os, signal
+    real = os.replace
+    def replace(src, dst):
+        if str(dst).endswith("step_0000020"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(src, dst)
+    os.replace = replace
+""")
+
 
 def _save(run: Path, step: int, model: GPT, opt: torch.optim.Optimizer, tok: Path) -> Path:
     return ck.save_checkpoint(run, step, model, opt.state_dict(), {"step": step}, {"model": CFG}, tok, keep_last=5)
@@ -88,16 +99,10 @@ def test_killed_between_write_and_rename_resumes_from_the_previous_checkpoint(ru
     """SIGKILL at the rename of a complete step_20 (its meta.json written): the temp folder is never taken for a
     checkpoint, and the next save deletes it."""
     run, first, model, opt, tok = run_with_one_checkpoint
-    code = textwrap.dedent(f"""
-        import os, signal, torch
+    code = KILL_AT_STEP_20_RENAME + textwrap.dedent(f"""
+        import torch
         from zhgpt.model.gpt import GPT, ModelConfig
         from zhgpt.training import checkpoint as ck
-        real = os.replace
-        def replace(src, dst):
-            if str(dst).endswith("step_0000020"):
-                os.kill(os.getpid(), signal.SIGKILL)
-            real(src, dst)
-        os.replace = replace
         model = GPT(ModelConfig(**{CFG!r}))
         ck.save_checkpoint({str(run)!r}, 20, model, None, {{"step": 20}}, {{"model": {CFG!r}}}, {str(tok)!r})
     """)
@@ -166,14 +171,8 @@ def test_train_on_a_full_disk_stops_with_one_line_and_resumes(pd_dataset, tmp_pa
 def test_train_killed_at_the_rename_resumes_from_the_previous_checkpoint(pd_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
-    code = textwrap.dedent(f"""
-        import os, signal, sys
-        real = os.replace
-        def replace(src, dst):
-            if str(dst).endswith("step_0000020"):
-                os.kill(os.getpid(), signal.SIGKILL)
-            real(src, dst)
-        os.replace = replace
+    code = KILL_AT_STEP_20_RENAME + textwrap.dedent(f"""
+        import sys
         from zhgpt.cli import main
         sys.exit(main({_args(pd_dataset, out, 20)!r}))
     """)
