@@ -86,6 +86,72 @@ def test_f16_logits_match_zhgpt(tokenizers, tmp_path, arch, kw):
     assert clear.sum() > len(ids) // 2 and (got.argmax(1) == want.argmax(1))[clear].all()
 
 
+def _f16_logits_close(m, tokenizer_dir, path, n_ctx=64, n=60):
+    """Export ``m`` at f16 and compare llama.cpp's logits with zhgpt's on ``n`` tokens of hard text."""
+    tok = load_tokenizer(tokenizer_dir)
+    ids = (tok.encode(HARD[0] + HARD[2] + HARD[1] + HARD[5], add_special_tokens=False).ids * 4)[:n]
+    with torch.no_grad():
+        want = m(torch.tensor([ids]))[0][0].numpy()
+    f, _ = export_gguf(m, tokenizer_dir, path, "f16")
+    got = llamacpp.logits(llamacpp.load(f, n_ctx=n_ctx), ids)
+    # llama.cpp keeps K/V in f16 and the weights are f16, so a position can be off by more than the typical
+    # error where a router's top-k is a near-tie (a different expert is then picked): bound the typical
+    # position tightly and the worst loosely.
+    err, std = np.abs(got - want).max(axis=1), want.std()
+    assert np.percentile(err, 90) < 0.05 * std and err.max() < 0.2 * std
+    top2 = np.sort(want, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.2 * std      # wider than the worst error: the best token is settled
+    assert clear.sum() > len(ids) // 3 and (got.argmax(1) == want.argmax(1))[clear].all()
+    return f
+
+
+MOE = dict(moe_experts=4, moe_top_k=2, bias=False)
+
+
+@pytest.mark.parametrize("kw,arch", [(dict(MOE), "llama"),                                    # Mixtral
+                                     (dict(MOE, qk_norm=True), "qwen3moe"),
+                                     (dict(MOE, moe_shared_expert=True, moe_norm_topk=False), "qwen2moe"),
+                                     (dict(MOE, moe_shared_expert=True, moe_norm_topk=False,
+                                           tie_embeddings=False, n_kv_head=2), "qwen2moe")])
+def test_moe_f16_logits_match_zhgpt(tokenizers, tmp_path, kw, arch):
+    """Experts stacked per matrix; the router and the shared expert's gate as llama.cpp's graphs read them."""
+    import gguf
+    m = _model("llama", **kw)
+    with torch.no_grad():
+        for blk in m.transformer.h:
+            blk.mlp.router.weight.mul_(4)      # routers far from uniform: a wrong expert order would show
+    f = _f16_logits_close(m, tokenizers["bpe"], tmp_path / "m.gguf")
+    r = gguf.GGUFReader(f)
+    assert bytes(r.fields["general.architecture"].parts[-1]).decode() == arch
+    exps = {t.name: tuple(t.shape) for t in r.tensors if "_exps" in t.name}
+    assert len(exps) == 3 * 2 and all(s[-1] == 4 for s in exps.values())   # GGUF lists dims innermost first
+    q4, notes = export_gguf(m, tokenizers["bpe"], tmp_path / "q4.gguf", "q4_0")
+    assert q4.stat().st_size < f.stat().st_size / 2 and not notes
+    llamacpp.load(q4, n_ctx=64)
+
+
+@pytest.mark.parametrize("kw,why", [(dict(MOE, moe_norm_topk=False, qk_norm=True), "--moe-norm-topk"),
+                                    (dict(MOE, moe_shared_expert=True), "--no-moe-norm-topk")])
+def test_moe_with_the_other_top_k_normalisation_is_refused(tokenizers, tmp_path, kw, why):
+    with pytest.raises(ZhgptError, match=why) as e:
+        export_gguf(_model("llama", **kw), tokenizers["bpe"], tmp_path / "m.gguf")
+    assert "\n" not in str(e.value) and not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("kw", [{}, dict(qk_norm=True, bias=False), dict(MOE, qk_norm=True)])
+def test_yarn_f16_logits_match_zhgpt_beyond_the_trained_context(tokenizers, tmp_path, kw):
+    """YaRN factor 4 on a model 'trained' at 16 tokens, scored on 60: the scaled frequencies, the ramp and the
+    attention factor all have to agree for the logits at positions 16-60 to match."""
+    import gguf
+    m = _model("llama", rope_scaling="yarn", rope_factor=4.0, **kw)
+    assert m.cfg.original_context == 16
+    f = _f16_logits_close(m, tokenizers["bpe"], tmp_path / "m.gguf")
+    r = gguf.GGUFReader(f)
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    assert r.fields[f"{arch}.rope.scaling.factor"].parts[-1][0] == 4.0
+    assert r.fields[f"{arch}.rope.scaling.original_context_length"].parts[-1][0] == 16
+
+
 def test_export_cli_greedy_matches_zhgpt_generate(trained_run, tmp_path):
     out = tmp_path / "tiny.gguf"
     res = run_cli("export", "--model", trained_run, "--format", "gguf", "--out", out, check=True)
@@ -100,6 +166,28 @@ def test_export_cli_greedy_matches_zhgpt_generate(trained_run, tmp_path):
     ours = tok.encode(gen, add_special_tokens=False).ids[len(ids):]
     theirs = llamacpp.greedy(llm, ids, 16)
     assert len(ours) >= 8 and theirs[:8] == ours[:8]
+
+
+def test_trained_moe_run_exports_and_continues_greedily_like_zhgpt(pd_dataset, tmp_path):
+    """A Qwen3-MoE-shaped run trained through the CLI's pipeline, exported with `zhgpt export --format gguf`:
+    llama.cpp's greedy continuation equals `zhgpt generate --temperature 0`."""
+    from conftest import TINY, TINY_TRAIN
+    from zhgpt.pipeline import train
+    from zhgpt.training.layout import TOKENIZER, RunFolder
+    from zhgpt.training.train import TrainConfig
+    cfg = TrainConfig(data=[str(pd_dataset)], out=str(tmp_path / "moe"), max_steps=40, preset="cpu-tiny",
+                      **{**TINY_TRAIN, "export": False})
+    run = train(cfg, model_overrides=dict(TINY, arch="llama", qk_norm=True, bias=False, moe_experts=4, moe_top_k=2))
+    out = tmp_path / "moe.gguf"
+    run_cli("export", "--model", run, "--format", "gguf", "--out", out, check=True)
+    prompt = "中国的经济"
+    gen = run_cli("generate", "--model", run, "--prompt", prompt, "--temperature", 0,
+                  "--max-new-tokens", 16, "--no-stream", check=True).stdout.strip()
+    llm = llamacpp.load(out, n_ctx=64)
+    tok = load_tokenizer(RunFolder(run).checkpoints()[-1] / TOKENIZER)
+    ids = llamacpp.tokenize(llm, prompt)
+    ours = tok.encode(gen, add_special_tokens=False).ids[len(ids):]
+    assert len(ours) >= 8 and llamacpp.greedy(llm, ids, 16)[:8] == ours[:8]
 
 
 def test_export_cli_quantised_sizes_and_bad_input(trained_run, tmp_path):
