@@ -60,6 +60,8 @@ REFERENCE = ["--optimizer", "adamw", "--dtype", "fp32", "--tokenizer", "char", "
              "--n-layer", "4", "--n-head", "4", "--n-embd", "256", "--block-size", "256", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "0",
              "--schedule", "constant"]
 REF_STEPS, REF_EVAL_EVERY = 200, 50
+# The text every run trains and validates on; bench/screen_genres.py passes other corpora per call.
+PD = {"train": common.PD_TRAIN, "val": common.PD_VAL}
 
 
 def _r(desc, *flags, muon=False):
@@ -129,8 +131,10 @@ FINAL = {
 
 # ------------------------------------------------------------------------- running zhgpt train
 
-def train_cmd(flags: list[str], run_dir: Path, budget: str, max_steps: int, eval_every: int) -> list[str]:
-    args = ["train", "--data", str(common.PD_TRAIN), "--val-data", str(common.PD_VAL), "--out", str(run_dir),
+def train_cmd(flags: list[str], run_dir: Path, budget: str, max_steps: int, eval_every: int,
+              data: dict | None = None) -> list[str]:
+    data = data or PD
+    args = ["train", "--data", str(data["train"]), "--val-data", str(data["val"]), "--out", str(run_dir),
             "--no-report", "--no-export", "--log", "none", "--sample-tokens", "0", "--log-every", "5",
             "--eval-every", str(eval_every), "--keep-last", "1", *flags]
     if budget:
@@ -194,12 +198,14 @@ def bpc_at(points: list[tuple], seconds: float) -> float | None:
 
 
 def run_recipe(name: str, recipe: dict, budget: str = "", max_steps: int = 0, eval_every: int = 10 ** 6,
-               tag: str = "", threads: int = 0, cal: dict | None = None) -> dict:
-    run_dir = OUT / f"{name.replace('@', '-')}-{tag or budget or f'{max_steps}steps'}"
+               tag: str = "", threads: int = 0, cal: dict | None = None, out: Path | None = None,
+               data: dict | None = None) -> dict:
+    out = out or OUT
+    run_dir = out / f"{name.replace('@', '-')}-{tag or budget or f'{max_steps}steps'}"
     if run_dir.exists():
         shutil.rmtree(run_dir)      # our own scratch folder under bench/out
-    OUT.mkdir(parents=True, exist_ok=True)
-    cmd = train_cmd(recipe["flags"], run_dir, budget, max_steps, eval_every)
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = train_cmd(recipe["flags"], run_dir, budget, max_steps, eval_every, data)
     env = {**os.environ, "ZHGPT_HOME": str(HOME), "PYTHONUNBUFFERED": "1", "TRANSFORMERS_VERBOSITY": "error"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -224,21 +230,22 @@ def run_recipe(name: str, recipe: dict, budget: str = "", max_steps: int = 0, ev
     r = {**read_run(run_dir), **base, "wall": wall, "run_dir": str(run_dir)}
     print(f"<<< done {name}: {r['steps']} steps | val BPC {r['final_bpc']:.3f} | curve "
           + ", ".join(f"{b:.2f}@{t:.0f}s" for _, t, b in curve(r)) + f" | wall {wall:.0f} s | load {load1}", flush=True)
-    with open(OUT / "runs.jsonl", "a", encoding="utf-8") as f:
+    with open(out / "runs.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return r
 
 
 # ------------------------------------------------------------------------- idle-speed calibration
 
-def resolve_recipe(flags: list[str]):
+def resolve_recipe(flags: list[str], data: dict | None = None):
     """(TrainConfig, model fields) exactly as `zhgpt train FLAGS` would resolve them on a CPU."""
     from zhgpt.config import overrides_from_args
     from zhgpt.model.gpt import ModelConfig
     from zhgpt.training.train import TrainConfig, configure_parser, resolve_config
     p = argparse.ArgumentParser()
     configure_parser(p)
-    ns = p.parse_args(["--data", str(common.PD_TRAIN), "--val-data", str(common.PD_VAL), *flags])
+    data = data or PD
+    ns = p.parse_args(["--data", str(data["train"]), "--val-data", str(data["val"]), *flags])
     explicit = overrides_from_args(TrainConfig, ns)
     model_overrides = overrides_from_args(ModelConfig, ns)
     model_overrides.pop("vocab_size", None)
@@ -251,7 +258,7 @@ def resolve_recipe(flags: list[str]):
 THREAD_SPEEDUP = 1.9
 
 
-def calibrate(recipes: dict[str, dict], rounds: int) -> dict[str, dict]:
+def calibrate(recipes: dict[str, dict], rounds: int, data: dict | None = None) -> dict[str, dict]:
     """Idle seconds per training step and per full validation pass of each recipe.
 
     On a busy host the wall time of a 2-thread step swings 2-8x (an OpenMP team of 2 waits at every op's
@@ -276,7 +283,7 @@ def calibrate(recipes: dict[str, dict], rounds: int) -> dict[str, dict]:
     dist = Dist("cpu")
     fns, meta = {}, {}
     for name, rec in recipes.items():
-        cfg, mf = resolve_recipe(rec["flags"])
+        cfg, mf = resolve_recipe(rec["flags"], data)
         ds = prepare_data(cfg, quiet=True, tokenizer_asked=True)
         mcfg, model = build_model(cfg, mf, ds, init_model=None, ckpt=None, device="cpu", quiet=True)
         amp = resolve_dtype(cfg.dtype, "cpu")
@@ -328,7 +335,7 @@ def calibrate(recipes: dict[str, dict], rounds: int) -> dict[str, dict]:
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     out = {}
     for name, rec in recipes.items():
-        key = json.dumps([rec["flags"], torch.__version__])
+        key = json.dumps([rec["flags"], torch.__version__] + ([str(data["train"])] if data else []))
         old = cache.get(key, {})
         now = {"cpu_step": min(cpu[f"{name}|step1"]), "cpu_fwd": min(cpu[f"{name}|fwd1"]),
                "wall2_step": min(times[f"{name}|step2"])}

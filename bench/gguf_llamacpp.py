@@ -2,8 +2,13 @@
 greedy agreement with zhgpt fp32, for GGUF f16 / q8_0 / q4_0 beside zhgpt fp32 and int8.
 
     python bench/gguf_llamacpp.py --model runs/NAME [--val ../shared/data/pd1998/val.txt] [--max-chars 60000]
+    python bench/gguf_llamacpp.py --model runs/NAME --sizes-at small   # also: file sizes at a preset's shape
 
-Bits/char: every model scores the same token windows (the val lines joined by <|endoftext|>, cut into
+File sizes at a preset's shape (``--sizes-at``) come from that shape, untrained, with the run's tokenizer:
+a file's size depends on the shape and the per-tensor types only, not on the values.
+
+Bits/char: every model scores the same token windows (the val lines, cleaned as `zhgpt data prepare` cleans
+training text (NFKC), joined by <|endoftext|>, cut into
 non-overlapping windows of the model's context), so the numbers differ only by the arithmetic.
 Decode speed: greedy, batch 1, 2 threads, the same prompt and token count, the engines timed alternately.
 Greedy agreement: the share of 64 greedy tokens, over 8 prompts, equal to zhgpt fp32's, up to the first
@@ -24,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from zhgpt.data.clean import normalize  # noqa: E402
 from zhgpt.inference import llamacpp  # noqa: E402
 from zhgpt.inference.gguf_export import export_gguf  # noqa: E402
 from zhgpt.model.engine import Engine, SamplingParams  # noqa: E402
@@ -65,6 +71,25 @@ def agreement(ref: list[int], got: list[int]) -> int:
     return n
 
 
+def sizes_at(preset: str, tokdir: Path, work: Path, eot: int) -> dict:
+    """f16 / q8_0 / q4_0 file sizes (MB) of the ``preset`` shape with the run's tokenizer's vocabulary."""
+    from zhgpt.data.tokenizer import load_tokenizer
+    from zhgpt.model.gpt import GPT
+    from zhgpt.model.presets import model_config
+    vocab = load_tokenizer(tokdir).get_vocab_size()
+    cfg = model_config(preset, vocab_size=-(-vocab // 64) * 64)
+    model = GPT(cfg).eval()
+    out = {"preset": preset, "vocab": cfg.vocab_size, "params": sum(p.numel() for p in model.parameters())}
+    for q in ("f16", "q8_0", "q4_0"):
+        f, notes = export_gguf(model, tokdir, work / f"{preset}-{q}.gguf", q, eot, force=True)
+        out[q] = f.stat().st_size / 2**20
+        f.unlink()
+    out["q4_0/f16"] = out["q4_0"] / out["f16"]
+    print(f"{preset} shape ({out['params'] / 1e6:.1f}M parameters, vocab {cfg.vocab_size}): f16 {out['f16']:.1f} MB, "
+          f"q8_0 {out['q8_0']:.1f} MB, q4_0 {out['q4_0']:.1f} MB = {out['q4_0/f16']:.3f}x f16", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -73,6 +98,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--work", default=str(ROOT / "bench/out/gguf"))
     ap.add_argument("--json", default=str(ROOT / "bench/results/gguf_llamacpp.json"))
+    ap.add_argument("--sizes-at", default="", help="also report the file sizes at this preset's shape (e.g. small)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     model, tok, info = load_for_inference(args.model)
@@ -81,6 +107,8 @@ def main() -> None:
     block, eot = model.cfg.block_size, info.get("eot_id", 0)
     lines, n = [], 0
     for line in Path(args.val).read_text(encoding="utf-8").splitlines():
+        # as `zhgpt data prepare` cleaned the training text (NFKC: full-width digits and letters -> half-width)
+        line = normalize(line)
         if line.strip() and n < args.max_chars:
             lines.append(line)
             n += len(line)
@@ -117,6 +145,8 @@ def main() -> None:
     result = {"model": str(args.model), "shape": {k: getattr(model.cfg, k) for k in
                                                   ("arch", "n_layer", "n_head", "n_embd", "block_size", "vocab_size")},
               "val_chars": chars, "rows": rows, "date": time.strftime("%Y-%m-%d")}
+    if args.sizes_at:
+        result["sizes_at"] = sizes_at(args.sizes_at, tokdir, work, eot)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
     print("| format | size MB | bits/char | decode tok/s | greedy agreement |")

@@ -1,0 +1,147 @@
+"""Recipe screening across genres of Chinese text: which tokenizer, vocabulary, context and shape learn the
+most in a fixed budget on news, reviews, classical poetry and fiction -- the runs `--preset auto` is fitted to.
+
+    python bench/genres.py                                    # build the genre corpora first (bench/out/genres)
+    python bench/screen_genres.py --budget 100s               # every recipe x every genre, 100-s budgets
+    python bench/screen_genres.py --budget 10m --recipes cpu-tiny,auto,reference
+    python bench/screen_genres.py --budget 100s --genres news --recipes cpu-tiny --cal-rounds 1   # smoke
+
+Each run is `zhgpt train` on a genre's train.txt with its val.txt as the whole validation split, on the
+**idle clock** of bench/bench_quality.py: every recipe's training step and evaluation are first timed
+at 1 thread (CPU seconds, fastest round) and a budget of S seconds becomes the number of steps an idle
+2-core machine fits into S. So the runs can go two at a time, one thread each, on a shared host, and the
+BPC reached does not depend on the load. Times below are idle-equivalent seconds.
+
+"reference" is the nanoGPT-style char recipe of bench_quality.py (vanilla GPT-2 char 4L/256d, ctx 256,
+AdamW 1e-3 constant, fp32). "speed-up" = the reference's budget / a recipe's time to the reference's
+final BPC on the same genre (interpolated between evaluations; at 10 minutes there are about 12).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_quality as bq  # noqa: E402
+import common  # noqa: E402
+
+GENRES = common.OUT / "genres"
+OUT = common.OUT / "screen_genres"
+TINY = ["--preset", "cpu-tiny"]
+# Each recipe changes one thing of the cpu-tiny preset (unigram 16k, ctx 128, batch 16, 4L/4H/256d, Muon
+# 6e-3). Tokens per step stay 2,048 where the context changes, so that only the context differs.
+RECIPES = {
+    "reference": bq._r("nanoGPT-style char recipe (bench_quality.py's reference)", *bq.REFERENCE),
+    "cpu-tiny": bq._r("the cpu-tiny preset", *TINY),
+    "uni8k": bq._r("cpu-tiny with unigram 8192", *TINY, "--vocab-size", "8192"),
+    "uni4k": bq._r("cpu-tiny with unigram 4096", *TINY, "--vocab-size", "4096"),
+    "bpe16k": bq._r("cpu-tiny with byte-level BPE 16384", *TINY, "--tokenizer", "bpe"),
+    "char": bq._r("cpu-tiny with the char tokenizer", *TINY, "--tokenizer", "char", "--vocab-size", "8000"),
+    "ctx64": bq._r("cpu-tiny with ctx 64, batch 32", *TINY, "--block-size", "64", "--batch-size", "32"),
+    "ctx256": bq._r("cpu-tiny with ctx 256, batch 8", *TINY, "--block-size", "256", "--batch-size", "8"),
+    "auto": bq._r("--preset auto (the rule fitted to this screening)", "--preset", "auto"),
+}
+DEFAULT_RECIPES = ["reference", "cpu-tiny", "uni8k", "uni4k", "bpe16k", "char", "ctx64", "ctx256"]
+
+
+def genre_data(name: str) -> dict:
+    d = GENRES / name
+    data = {"train": d / "train.txt", "val": d / "val.txt"}
+    if not all(p.is_file() for p in data.values()):
+        sys.exit(f"{d}: no train.txt/val.txt; build the genres first: python bench/genres.py")
+    return data
+
+
+def plan_jobs(genres: list[str], recipes: list[str], secs: float, cal_rounds: int, threads: int) -> list[dict]:
+    """Calibrate each genre's recipes (its own vocabulary and val size) and turn the budget into steps."""
+    jobs = []
+    for g in genres:
+        data = genre_data(g)
+        print(f"calibrating {len(recipes)} recipe(s) on {g} ...", flush=True)
+        cals = bq.calibrate({r: RECIPES[r] for r in recipes}, cal_rounds, data)
+        for r in recipes:
+            cal = cals[r]
+            every = max(10, int(secs / cal["s_step"] / 12)) if secs > 150 else 10 ** 6
+            jobs.append(dict(name=r, recipe=RECIPES[r], max_steps=bq.steps_for(secs, cal, every), eval_every=every,
+                             tag=f"{secs:g}s", threads=threads, cal=cal, out=OUT / g, data=data, genre=g))
+    return jobs
+
+
+def run_all(jobs: list[dict], lanes: int) -> list[dict]:
+    """Longest first over ``lanes`` one-thread lanes; results in the plan's order."""
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["max_steps"] * jobs[i]["cal"]["s_step"])
+
+    def one(i):
+        j = dict(jobs[i])
+        genre = j.pop("genre")
+        return {**bq.run_recipe(**j), "genre": genre}
+
+    with ThreadPoolExecutor(lanes) as pool:
+        done = dict(zip(order, pool.map(one, order)))
+    return [done[i] for i in range(len(jobs))]
+
+
+def table(runs: list[dict], genres: list[str], recipes: list[str]) -> str:
+    """Recipes x genres: final val BPC (best per genre in bold), chars/token, and speed-up vs the reference."""
+    by = {(r["genre"], r["name"]): r for r in runs if not r.get("failed")}
+    best = {g: min((by[g, n]["final_bpc"] for n in recipes if (g, n) in by and n != "reference"), default=None)
+            for g in genres}
+    rows = []
+    for n in recipes:
+        row = [n]
+        for g in genres:
+            r = by.get((g, n))
+            if not r:
+                row.append("failed" if any(x["genre"] == g and x["name"] == n for x in runs) else "")
+                continue
+            bpc = f"{r['final_bpc']:.3f}"
+            bpc = f"**{bpc}**" if r["final_bpc"] == best[g] else bpc
+            ref = by.get((g, "reference"))
+            t = bq.time_to(bq.curve(r), ref["final_bpc"]) if ref and n != "reference" else None
+            up = f", {bq.curve(ref)[-1][1] / t:.1f}x" if t else ""
+            row.append(f"{bpc} ({r['chars_per_token']:.2f} c/t, {r['steps']} st{up})")
+        rows.append(row)
+    return common.md_table(["recipe"] + genres, rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", default="100s", help="idle-equivalent budget of every run")
+    ap.add_argument("--genres", default="", help="comma list (default: every folder of bench/out/genres)")
+    ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help=f"comma list of {', '.join(RECIPES)}")
+    ap.add_argument("--cal-rounds", type=int, default=3)
+    ap.add_argument("--lanes", type=int, default=2, help="runs at a time, one thread each")
+    ap.add_argument("--results", action="store_true", help="write the section in bench/RESULTS.md")
+    args = ap.parse_args()
+    from zhgpt.config import parse_duration
+    genres = args.genres.split(",") if args.genres else sorted(p.name for p in GENRES.iterdir()
+                                                                if (p / "train.txt").is_file())
+    recipes = args.recipes.split(",")
+    bad = [r for r in recipes if r not in RECIPES]
+    if bad:
+        sys.exit(f"unknown recipe(s) {', '.join(bad)}; known: {', '.join(RECIPES)}")
+    secs = parse_duration(args.budget)
+    info, load0, t0 = common.machine_info(), common.load_avg(), time.time()
+    runs = run_all(plan_jobs(genres, recipes, secs, args.cal_rounds, 1), args.lanes)
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / f"screen-{args.budget}.jsonl", "a", encoding="utf-8") as f:
+        for r in runs:
+            f.write(json.dumps({k: v for k, v in r.items() if k != "cal"}, ensure_ascii=False, default=str) + "\n")
+    body = table(runs, genres, recipes)
+    print("\n" + body + f"\n\nwall {time.time() - t0:.0f} s, load {load0} -> {common.load_avg()}")
+    if args.results:
+        note = (f"Final val bits/char after {args.budget} idle-equivalent seconds per run (idle clock of "
+                "bench_quality.py; runs two at a time, one thread each); bold = best non-reference recipe of the "
+                "genre; c/t = characters per token on val; st = steps; Nx = speed-up to the reference's final "
+                "BPC.\n\n")
+        common.write_section(f"Recipe screening across genres, {args.budget} (bench/screen_genres.py)",
+                             common.header(info, load0, common.load_avg(), common.command_line()) + "\n" + note
+                             + body + "\n")
+
+
+if __name__ == "__main__":
+    main()
