@@ -49,6 +49,8 @@ DEFAULT_RECIPES = ["reference", "cpu-tiny", "uni8k", "uni4k", "bpe16k", "char", 
 
 
 def genre_data(name: str) -> dict:
+    if name == "news":
+        return dict(bq.PD)          # People's Daily 1998-01: the fixed benchmark text itself (shared/data/pd1998)
     d = GENRES / name
     data = {"train": d / "train.txt", "val": d / "val.txt"}
     if not all(p.is_file() for p in data.values()):

@@ -3,63 +3,216 @@
 nanochat derives its model from one ``--depth`` dial; here the dials are facts about the run: how much text
 there is and what kind (characters, distinct characters, document length), how long the run may take, and
 how fast this machine trains (`zhgpt estimate`'s throughput model: peak FLOP/s x expected MFU). The rules
-and their constants were fitted to bench/screen_genres.py (news, reviews, classical poetry, fiction at
-100 s and 10 minutes on a 2-core CPU; bench/RESULTS.md) and are stated where they are used. Flags the user
-gives always win: auto only fills what was not asked for, and says so.
+and their constants were fitted to bench/screen_genres.py (bench/RESULTS.md) and are stated where they are
+used. Flags the user gives always win: auto fills only what was not asked for, and says which is which.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zhgpt.config import load_json, parse_duration
 from zhgpt.core import fmt
 
-# ---- fitted to bench/screen_genres.py (see RESULTS.md "Recipe screening across genres")
-CHAR_BELOW = 300_000          # corpora smaller than this (characters) get the char tokenizer: too little text
-                              # to learn multi-character pieces that pay for their embedding rows
-CHARS_PER_PIECE = 100         # unigram vocabulary ~ corpus characters / this, before rounding and limits
+# ---- fitted to bench/screen_genres.py (RESULTS.md "Recipe screening across genres")
+CHAR_BELOW = 300_000          # corpora under this many characters: char tokenizer (too little text for pieces)
+CHARS_PER_PIECE = 100         # unigram vocabulary ~ budget characters / this, a power of two in [MIN, MAX]
 VOCAB_MIN, VOCAB_MAX = 4096, 32768
-CTX_DOC_FACTOR = 2.0          # context ~ this x the average document length in tokens (several documents or
-                              # one long one per window), a power of two in [CTX_MIN, CTX_MAX]
+CTX_DOC_FACTOR = 2.0          # context ~ this x the average document in tokens, a power of two in the limits
 CTX_MIN, CPU_CTX_MAX, GPU_CTX_MAX = 64, 256, 1024
 CPU_TOKENS_PER_STEP = 2048    # the cpu-tiny screening's batch x context (16 x 128), kept when the context moves
-EPOCHS_OK = 4.0               # repeating data up to ~4 epochs costs little (Muennighoff et al. 2023); beyond, warn
-TOKENS_PER_PARAM = 20         # Chinchilla's compute-optimal tokens per parameter, for GPU-sized budgets
-CPU_SHAPE_BELOW_S = 3600      # CPU budgets under an hour keep the cpu-tiny shape (wider lost at 10 min)
+CPU_SHAPE_BELOW_S = 3600      # CPU budgets under an hour keep the cpu-tiny shape (6L/384d lost at 10 min)
+# ---- general rules, not fitted here
+EPOCHS_OK = 4.0               # repeating data up to ~4 epochs costs little (Muennighoff et al. 2023)
+TOKENS_PER_PARAM = 20         # Chinchilla's compute-optimal tokens per parameter
+CHARS_PER_TOKEN_GUESS = {"char": 1.0, 4096: 1.3, 8192: 1.5, 16384: 1.75, 32768: 1.9}   # news, measured; a guess
+GPU_SHAPES = ("tiny", "mini", "small", "medium", "large", "xl")    # smallest first
 
 
 @dataclass
 class AutoRecipe:
     model: dict
     train: dict
-    reasons: dict[str, str] = field(default_factory=dict)   # field -> why, in one line
-    corpus: dict = field(default_factory=dict)
+    values: dict = field(default_factory=dict)              # what each reason is about, as printed
+    reasons: dict[str, str] = field(default_factory=dict)   # field -> why, one line each
+    facts: dict = field(default_factory=dict)               # corpus, budget, throughput, epochs, tokens/param
+    warnings: list[str] = field(default_factory=list)
 
-    def lines(self, explicit: dict) -> list[str]:
+    def lines(self, explicit: dict, model_overrides: dict) -> list[str]:
         out = []
         for k, why in self.reasons.items():
-            if k in explicit:
-                out.append(f"auto: {k} = {explicit[k]} (your flag; auto would have chosen from: {why})")
+            given = explicit.get(k, model_overrides.get(k))
+            if given is not None:
+                out.append(f"auto: {k} = {given} (your flag; auto's choice {self._value(k)}: {why})")
             else:
-                v = self.model.get(k, self.train.get(k))
-                out.append(f"auto: {k} = {v}: {why}")
-        return out
+                out.append(f"auto: {k} = {self._value(k)}: {why}")
+        return out + [f"auto: warning: {w}" for w in self.warnings]
+
+    def _value(self, k: str):
+        return self.values[k]
+
+    def record(self, explicit: dict, model_overrides: dict) -> dict:
+        """What config.json keeps: the facts, the reasons, and which values the user's flags replaced."""
+        given = sorted(k for k in self.reasons if k in explicit or k in model_overrides)
+        return {"facts": self.facts, "reasons": self.reasons, "overridden_by_flags": given, "warnings": self.warnings}
 
 
 def pow2_near(x: float) -> int:
-    return 2 ** round(math.log2(max(x, 1)))
+    return 2 ** round(math.log2(max(x, 1.0)))
 
 
-def choose_tokenizer(corpus: dict) -> tuple[str, int, str, str]:
-    """(kind, vocab size, why kind, why vocab)."""
-    chars, distinct = corpus["chars"], corpus.get("distinct", 0)
+def clamp(x: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, x))
+
+
+# ------------------------------------------------------------------------- facts
+
+def corpus_facts(data: list[str]) -> dict:
+    """Characters, documents, their average length (and distinct characters, CJK share) of the training
+    sources; a prepared dataset folder answers from its meta.json (its tokenizer is then fixed)."""
+    from zhgpt.data.shards import META
+    if len(data) == 1 and (Path(data[0]) / META).is_file():
+        meta = load_json(Path(data[0]) / META)
+        tr = meta["splits"]["train"]
+        return {"chars": tr["chars"], "docs": tr["docs"], "avg_doc_chars": tr["chars"] / max(tr["docs"], 1),
+                "prepared": True, "tokenizer": meta.get("tokenizer_kind"), "vocab_size": meta["vocab_size"],
+                "chars_per_token": tr["chars"] / max(tr["tokens"], 1)}
+    from zhgpt.data.corpus_stats import corpus_stats
+    return corpus_stats(data).as_dict()
+
+
+def budget_seconds(explicit: dict, device: str) -> tuple[float | None, str]:
+    if explicit.get("time_budget"):
+        return parse_duration(explicit["time_budget"]), f"--time-budget {explicit['time_budget']}"
+    if device == "cpu":
+        return 600.0, "the CPU default budget of 10 minutes"
+    return None, "no time budget (a GPU run goes by tokens)"
+
+
+def tokens_per_second(model: dict, device: str) -> tuple[float, str]:
+    """`zhgpt estimate`'s throughput model for ``model``: peak FLOP/s (measured or the GPU table) x the
+    expected MFU / training FLOPs per token."""
+    from zhgpt.core.device import resolve_dtype
+    from zhgpt.model.gpt import ModelConfig
+    from zhgpt.training.estimate import DEFAULT_MFU, flops_per_token
+    from zhgpt.training.layout import cache_root
+    from zhgpt.training.mfu import peak_flops
+    cfg = ModelConfig(**model)
+    peak, how = peak_flops(device, resolve_dtype("auto", device), cache_root())
+    mfu = DEFAULT_MFU["cpu" if device == "cpu" else "gpu"][0]
+    return peak * mfu / flops_per_token(cfg, cfg.block_size), f"{how} peak {peak / 1e12:.2f} TFLOP/s x MFU {mfu:g}"
+
+
+# ------------------------------------------------------------------------- the choices
+
+def chars_per_token_guess(kind: str, vocab: int) -> float:
+    return 1.0 if kind == "char" else CHARS_PER_TOKEN_GUESS.get(vocab, 1.75)
+
+
+def choose_tokenizer(facts: dict, budget_tokens: float | None) -> tuple[dict, dict]:
+    """(train fields, reasons): tokenizer kind and vocabulary size."""
+    if facts.get("prepared"):
+        return {}, {}                      # a prepared dataset has its tokenizer already
+    chars = facts["chars"]
     if chars < CHAR_BELOW:
-        return ("char", 8000, f"{fmt.count(chars)} characters of text is under {fmt.count(CHAR_BELOW)}: too little "
-                "to learn multi-character pieces", "char: every distinct character (capped at 8000)")
-    vocab = min(VOCAB_MAX, max(VOCAB_MIN, pow2_near(chars / CHARS_PER_PIECE)))
-    why = (f"unigram pieces from {fmt.count(chars)} characters of text (byte fallback, so no character is "
-           "ever unknown)")
-    why_v = (f"~{fmt.count(chars)} chars / {CHARS_PER_PIECE} per piece, as a power of two in "
-             f"[{VOCAB_MIN}, {VOCAB_MAX}]" + (f"; {distinct} distinct characters" if distinct else ""))
-    return "unigram", vocab, why, why_v
+        why = f"{fmt.count(chars)} characters of text, under {fmt.count(CHAR_BELOW)}: too little to learn pieces"
+        return {"tokenizer": "char", "vocab_size": 8000}, {"tokenizer": why,
+                                                           "vocab_size": "every distinct character, at most 8000"}
+    basis, what = (chars, "corpus characters")
+    if budget_tokens and budget_tokens < chars:
+        basis, what = budget_tokens, "tokens the budget trains on"
+    vocab = clamp(pow2_near(basis / CHARS_PER_PIECE), VOCAB_MIN, VOCAB_MAX)
+    return ({"tokenizer": "unigram", "vocab_size": vocab},
+            {"tokenizer": f"{fmt.count(chars)} characters of text: unigram pieces with byte fallback",
+             "vocab_size": f"~{fmt.count(basis)} {what} / {CHARS_PER_PIECE} per piece, a power of two in "
+                           f"[{VOCAB_MIN}, {VOCAB_MAX}]"})
+
+
+def choose_context(facts: dict, kind: str, vocab: int, device: str) -> tuple[int, str]:
+    cpt = facts.get("chars_per_token") or chars_per_token_guess(kind, vocab)
+    doc_tokens = facts["avg_doc_chars"] / cpt
+    hi = CPU_CTX_MAX if device == "cpu" else GPU_CTX_MAX
+    ctx = clamp(pow2_near(doc_tokens * CTX_DOC_FACTOR), CTX_MIN, hi)
+    return ctx, (f"documents average {facts['avg_doc_chars']:.0f} characters (~{doc_tokens:.0f} tokens at "
+                 f"{cpt:.2f} chars/token): {CTX_DOC_FACTOR:g}x that, a power of two in [{CTX_MIN}, {hi}]")
+
+
+def choose_shape(device: str, secs: float | None, corpus_tokens: float, vocab: int, ctx: int) -> tuple[str, str]:
+    """A preset's shape: cpu-tiny for CPU budgets under an hour; otherwise the largest preset that the
+    token budget (the time budget's tokens, or EPOCHS_OK passes over the corpus) trains to
+    TOKENS_PER_PARAM tokens per parameter."""
+    from zhgpt.model.presets import DEFAULT_GPU_PRESET, count_params, model_config
+    if device == "cpu" and (secs or 0) < CPU_SHAPE_BELOW_S:
+        return "cpu-tiny", (f"a CPU budget under {CPU_SHAPE_BELOW_S // 60} minutes: the shape screened for it "
+                            "(4 layers x 256; 6 x 384 learned less in 10 minutes)")
+    ladder = ("cpu-tiny",) + GPU_SHAPES
+    data_tokens = EPOCHS_OK * corpus_tokens
+    best, why = "cpu-tiny", ""
+    for name in ladder:
+        cfg = model_config(name, vocab_size=vocab, block_size=ctx)
+        fields, n = dataclasses.asdict(cfg), count_params(cfg)
+        limit, what = data_tokens, f"{EPOCHS_OK:g} passes over ~{fmt.count(corpus_tokens)} corpus tokens"
+        if secs:
+            tps, _ = tokens_per_second(fields, device)
+            if tps * secs < limit:
+                limit, what = tps * secs, f"~{fmt.count(tps * secs)} tokens in the budget"
+        elif name not in ladder[: ladder.index(DEFAULT_GPU_PRESET) + 1]:
+            break                           # without a budget, no larger than the GPU default
+        if TOKENS_PER_PARAM * n > limit:
+            break
+        best, why = name, f"{fmt.params(n)} parameters x {TOKENS_PER_PARAM} tokens each fit {what}"
+    return best, why or f"even the smallest shape gets under {TOKENS_PER_PARAM} tokens per parameter"
+
+
+def choose(explicit: dict, model_overrides: dict, device: str) -> AutoRecipe:
+    """The recipe for this corpus, budget and machine. ``explicit``/``model_overrides``: the user's flags,
+    which win (a chosen tokenizer or context feeds the later choices)."""
+    from zhgpt.model.presets import get_preset
+    facts = corpus_facts(explicit.get("data") or ["builtin"])
+    secs, secs_why = budget_seconds(explicit, device)
+    budget_tokens, tps_why = None, ""
+    if secs:     # the vocabulary rule reads the budget in tokens, at the cpu-tiny shape's speed
+        tps0, tps_why = tokens_per_second(get_preset("cpu-tiny")[0], device)
+        budget_tokens = tps0 * secs
+    tok, reasons = choose_tokenizer(facts, budget_tokens)
+    kind = explicit.get("tokenizer") or tok.get("tokenizer") or facts.get("tokenizer") or "unigram"
+    vocab = explicit.get("vocab_size") or tok.get("vocab_size") or facts.get("vocab_size") or 16384
+    ctx, reasons["block_size"] = choose_context(facts, kind, vocab, device)
+    ctx = model_overrides.get("block_size") or ctx
+    cpt = facts.get("chars_per_token") or chars_per_token_guess(kind, vocab)
+    corpus_tokens = facts["chars"] / cpt
+    shape, reasons["shape"] = choose_shape(device, secs, corpus_tokens, vocab, ctx)
+    model, train = get_preset(shape)
+    model.update(block_size=ctx)
+    train.update(tok)
+    values = {**tok, "block_size": ctx, "shape": f"{shape} ({model['n_layer']} layers x {model['n_embd']})"}
+    if shape == "cpu-tiny":
+        train["batch_size"] = max(1, CPU_TOKENS_PER_STEP // ctx)
+        values["batch_size"] = train["batch_size"]
+        reasons["batch_size"] = f"{CPU_TOKENS_PER_STEP} tokens per step as screened, at context {ctx}"
+    rec = AutoRecipe(model=model, train=train, values=values, reasons=reasons)
+    rec.facts = {"corpus": facts, "budget": secs_why, "corpus_tokens_est": round(corpus_tokens)}
+    _check_budget(rec, {**model, **model_overrides, "vocab_size": vocab}, device, secs, corpus_tokens, tps_why)
+    return rec
+
+
+def _check_budget(rec: AutoRecipe, model: dict, device: str, secs: float | None, corpus_tokens: float,
+                  tps_why: str) -> None:
+    """Tokens per parameter and epochs the budget will give, with a warning when the corpus repeats often."""
+    from zhgpt.model.gpt import ModelConfig
+    from zhgpt.model.presets import count_params
+    if not secs:
+        return
+    tps, why = tokens_per_second(model, device)
+    tokens = tps * secs
+    n = count_params(ModelConfig(**model))
+    epochs = tokens / max(corpus_tokens, 1)
+    rec.facts.update(tokens_per_s_est=round(tps), throughput=why, tokens_est=round(tokens),
+                     epochs_est=round(epochs, 2), tokens_per_param_est=round(tokens / n, 3))
+    if epochs > EPOCHS_OK:
+        rec.warnings.append(
+            f"the budget trains on ~{fmt.count(tokens)} tokens, {epochs:.1f} passes over this corpus "
+            f"(~{fmt.count(corpus_tokens)} tokens); past ~{EPOCHS_OK:g} it starts to memorise: add text or "
+            "shorten --time-budget")

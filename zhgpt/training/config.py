@@ -7,6 +7,7 @@ change). --init-from takes the shape and tokenizer from the model and a gentler 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,11 @@ class TrainConfig:
     # ---- run
     out: str = opt("", "run folder (default: runs/<timestamp> under $ZHGPT_HOME or the current folder)")
     resume: str = opt("", "continue a run folder exactly where its last good checkpoint left off")
-    preset: str = opt("", "model preset (cpu-tiny, tiny, mini, small, medium, large, xl; default: from hardware)")
+    preset: str = opt("", "model preset (auto, cpu-tiny, tiny, mini, small, medium, large, xl; default: from "
+                          "hardware); auto: tokenizer, vocabulary, context and shape chosen from the corpus, the "
+                          "budget and the machine, each choice printed with its reason")
+    auto: dict = opt(help="what --preset auto saw and chose, and why (written to config.json)", factory=dict,
+                     cli=False)
     init_from: str = opt("", "fine-tune: start from a local Hugging Face GPT-2/Llama folder or a zhgpt run/checkpoint, "
                              "keeping its tokenizer (the data is tokenised with it); default --lr becomes 1e-4")
     seed: int = opt(1337, "random seed (model init, batches, dropout, samples)")
@@ -122,7 +127,10 @@ def resolve_config(explicit: dict, model_overrides: dict, device: str, cls: type
         base["out"] = str(run)
         return cls(**base), dict(saved["model"]), saved["train"].get("preset", "")
     preset = explicit.get("preset") or (DEFAULT_GPU_PRESET if device.startswith("cuda") else DEFAULT_CPU_PRESET)
-    model_fields, train_fields = get_preset(preset)
+    if preset == "auto" and not explicit.get("init_from"):
+        model_fields, train_fields = _auto(explicit, model_overrides, device)
+    else:
+        model_fields, train_fields = get_preset("cpu-tiny" if preset == "auto" else preset)
     if explicit.get("init_from"):
         # Fine-tuning: the shape and tokenizer come from the model; a gentler default learning rate
         # keeps what it already knows (pre-training rates of 1e-3 wipe a small model out in a few steps).
@@ -139,6 +147,16 @@ def resolve_config(explicit: dict, model_overrides: dict, device: str, cls: type
     return cls(**merged), model_fields, preset
 
 
+def _auto(explicit: dict, model_overrides: dict, device: str) -> tuple[dict, dict]:
+    """--preset auto: the chosen model and training fields, its reasons printed (rank 0) and kept in ``auto``."""
+    from zhgpt.training.auto import choose
+    rec = choose(explicit, model_overrides, device)
+    if os.environ.get("RANK", "0") == "0":
+        for line in rec.lines(explicit, model_overrides):
+            print(line, flush=True)
+    return rec.model, {**rec.train, "auto": rec.record(explicit, model_overrides)}
+
+
 def resolve_run_config(cfg: TrainConfig, explicit: dict | None, model_overrides: dict, device: str,
                        stage_defaults: dict | None = None) -> tuple[TrainConfig, dict, str]:
     """(config, model fields, preset) of a run. From the CLI, ``explicit`` holds the flags the user typed so
@@ -148,5 +166,10 @@ def resolve_run_config(cfg: TrainConfig, explicit: dict | None, model_overrides:
         return resolve_config(explicit, model_overrides, device, type(cfg), stage_defaults)
     from zhgpt.model.presets import get_preset
     preset = cfg.preset or "cpu-tiny"
+    if preset == "auto":        # the shape (and its reasons) from the corpus; the rest of cfg is as given
+        from zhgpt.training.auto import choose
+        rec = choose({"data": cfg.data, "time_budget": cfg.time_budget}, model_overrides, device)
+        return (dataclasses.replace(cfg, auto=rec.record({}, model_overrides)), {**rec.model, **model_overrides},
+                preset)
     model_fields = {**get_preset(preset)[0], **model_overrides}
     return dataclasses.replace(cfg, preset=preset), model_fields, preset
