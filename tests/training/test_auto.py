@@ -72,6 +72,8 @@ def test_a_budget_that_repeats_the_corpus_is_warned_about_with_numbers(tmp_path,
     assert any("passes over this corpus" in w for w in rec.warnings)
     quiet = auto.choose({"data": [str(f)], "time_budget": "20s"}, {}, "cpu")
     assert not quiet.warnings
+    big = auto.choose({"data": [str(f)], "time_budget": "20s"}, {"n_layer": 12, "n_embd": 768, "n_head": 12}, "cpu")
+    assert any("under-trained" in w and "tokens each" in w for w in big.warnings)
 
 
 def test_train_with_preset_auto_prints_and_records_its_reasons(pd_text, tmp_path, zhgpt_home):

@@ -109,7 +109,12 @@ def schedule_difference(mine: dict, ref: dict) -> str:
 
 
 def run_preset(run: Run) -> str | None:
-    return first_of(run.info.get("preset"), dig(run.config, "train", "preset"))
+    """The run's preset; for ``auto`` the preset whose shape it chose (the shipped cpu-tiny reference is the
+    yardstick of a CPU auto run; same_data then says whether its tokenizer and data make it comparable)."""
+    preset = first_of(run.info.get("preset"), dig(run.config, "train", "preset"))
+    if preset == "auto":
+        return dig(run.config, "train", "auto", "facts", "shape_preset") or preset
+    return preset
 
 
 def describe_reference(ref: dict) -> str:

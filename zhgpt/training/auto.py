@@ -193,7 +193,7 @@ def choose(explicit: dict, model_overrides: dict, device: str) -> AutoRecipe:
         values["batch_size"] = train["batch_size"]
         reasons["batch_size"] = f"{CPU_TOKENS_PER_STEP} tokens per step as screened, at context {ctx}"
     rec = AutoRecipe(model=model, train=train, values=values, reasons=reasons)
-    rec.facts = {"corpus": facts, "budget": secs_why, "corpus_tokens_est": round(corpus_tokens)}
+    rec.facts = {"corpus": facts, "budget": secs_why, "corpus_tokens_est": round(corpus_tokens), "shape_preset": shape}
     _check_budget(rec, {**model, **model_overrides, "vocab_size": vocab}, device, secs, corpus_tokens, tps_why)
     return rec
 
@@ -211,6 +211,12 @@ def _check_budget(rec: AutoRecipe, model: dict, device: str, secs: float | None,
     epochs = tokens / max(corpus_tokens, 1)
     rec.facts.update(tokens_per_s_est=round(tps), throughput=why, tokens_est=round(tokens),
                      epochs_est=round(epochs, 2), tokens_per_param_est=round(tokens / n, 3))
+    chosen = count_params(ModelConfig(**{**rec.model, "vocab_size": model["vocab_size"]}))
+    if n > 2 * chosen:
+        rec.warnings.append(
+            f"the model flags give {fmt.params(n)} parameters, ~{tokens / n:.2g} tokens each in this budget "
+            f"(auto's shape: {fmt.params(chosen)}, ~{tokens / chosen:.2g}); a model this large stays far "
+            "under-trained: drop the shape flags or give a longer --time-budget")
     if epochs > EPOCHS_OK:
         rec.warnings.append(
             f"the budget trains on ~{fmt.count(tokens)} tokens, {epochs:.1f} passes over this corpus "
