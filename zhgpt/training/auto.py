@@ -2,9 +2,10 @@
 
 nanochat derives its model from one ``--depth`` dial; here the dials are facts about the run: how much text
 there is and what kind (characters, distinct characters, document length), how long the run may take, and
-how fast this machine trains (`zhgpt estimate`'s throughput model: peak FLOP/s x expected MFU). The rules
-and their constants were fitted to bench/screen_genres.py (bench/RESULTS.md) and are stated where they are
-used. Flags the user gives always win: auto fills only what was not asked for, and says which is which.
+how fast this machine trains (`zhgpt estimate`'s throughput model: peak FLOP/s x expected MFU). The constants
+below are starting points, NOT yet fitted: bench/screen_genres.py is the screening they are to be fitted to
+(bench/RESULTS.md, preliminary), and auto is not the default until they are. Flags the user gives always win:
+auto fills only what was not asked for, and says which is which.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from zhgpt.config import load_json, parse_duration
 from zhgpt.core import fmt
 
-# ---- fitted to bench/screen_genres.py (RESULTS.md "Recipe screening across genres")
+# ---- to be fitted to bench/screen_genres.py (RESULTS.md "Recipe screening across genres"); starting points now
 CHAR_BELOW = 300_000          # corpora under this many characters: char tokenizer (too little text for pieces)
 CHARS_PER_PIECE = 100         # unigram vocabulary ~ budget characters / this, a power of two in [MIN, MAX]
 VOCAB_MIN, VOCAB_MAX = 4096, 32768
@@ -27,7 +28,8 @@ CPU_SHAPE_BELOW_S = 3600      # CPU budgets under an hour keep the cpu-tiny shap
 # ---- general rules, not fitted here
 EPOCHS_OK = 4.0               # repeating data up to ~4 epochs costs little (Muennighoff et al. 2023)
 TOKENS_PER_PARAM = 20         # Chinchilla's compute-optimal tokens per parameter
-CHARS_PER_TOKEN_GUESS = {"char": 1.0, 4096: 1.3, 8192: 1.5, 16384: 1.75, 32768: 1.9}   # news, measured; a guess
+# unigram on news (pd1998 val, measured 1.32 / 1.52 / 1.79 chars per token; 32768 extrapolated): a guess elsewhere
+CHARS_PER_TOKEN_GUESS = {"char": 1.0, 4096: 1.3, 8192: 1.5, 16384: 1.75, 32768: 1.9}
 GPU_SHAPES = ("tiny", "mini", "small", "medium", "large", "xl")    # smallest first
 
 
@@ -45,13 +47,10 @@ class AutoRecipe:
         for k, why in self.reasons.items():
             given = explicit.get(k, model_overrides.get(k))
             if given is not None:
-                out.append(f"auto: {k} = {given} (your flag; auto's choice {self._value(k)}: {why})")
+                out.append(f"auto: {k} = {given} (your flag; auto's choice {self.values[k]}: {why})")
             else:
-                out.append(f"auto: {k} = {self._value(k)}: {why}")
+                out.append(f"auto: {k} = {self.values[k]}: {why}")
         return out + [f"auto: warning: {w}" for w in self.warnings]
-
-    def _value(self, k: str):
-        return self.values[k]
 
     def record(self, explicit: dict, model_overrides: dict) -> dict:
         """What config.json keeps: the facts, the reasons, and which values the user's flags replaced."""
