@@ -58,14 +58,20 @@ def genre_data(name: str) -> dict:
     return data
 
 
+def for_genre(recipes: list[str], genre: str) -> list[str]:
+    """The recipes that run on ``genre``: plain names run everywhere, ``genre/recipe`` only there."""
+    return [r.split("/")[-1] for r in recipes if "/" not in r or r.split("/")[0] == genre]
+
+
 def plan_jobs(genres: list[str], recipes: list[str], secs: float, cal_rounds: int, threads: int) -> list[dict]:
     """Calibrate each genre's recipes (its own vocabulary and val size) and turn the budget into steps."""
     jobs = []
     for g in genres:
         data = genre_data(g)
-        print(f"calibrating {len(recipes)} recipe(s) on {g} ...", flush=True)
-        cals = bq.calibrate({r: RECIPES[r] for r in recipes}, cal_rounds, data)
-        for r in recipes:
+        mine = for_genre(recipes, g)
+        print(f"calibrating {len(mine)} recipe(s) on {g} ...", flush=True)
+        cals = bq.calibrate({r: RECIPES[r] for r in mine}, cal_rounds, data)
+        for r in mine:
             cal = cals[r]
             every = max(10, int(secs / cal["s_step"] / 12)) if secs > 150 else 10 ** 6
             jobs.append(dict(name=r, recipe=RECIPES[r], max_steps=bq.steps_for(secs, cal, every), eval_every=every,
@@ -114,7 +120,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", default="100s", help="idle-equivalent budget of every run")
     ap.add_argument("--genres", default="", help="comma list (default: every folder of bench/out/genres)")
-    ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help=f"comma list of {', '.join(RECIPES)}")
+    ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+                    help=f"comma list of {', '.join(RECIPES)}; genre/recipe runs on that genre only")
     ap.add_argument("--cal-rounds", type=int, default=3)
     ap.add_argument("--lanes", type=int, default=2, help="runs at a time, one thread each")
     ap.add_argument("--results", action="store_true", help="write the section in bench/RESULTS.md")
@@ -123,7 +130,7 @@ def main() -> None:
     genres = args.genres.split(",") if args.genres else sorted(p.name for p in GENRES.iterdir()
                                                                 if (p / "train.txt").is_file())
     recipes = args.recipes.split(",")
-    bad = [r for r in recipes if r not in RECIPES]
+    bad = [r for r in recipes if r.split("/")[-1] not in RECIPES]
     if bad:
         sys.exit(f"unknown recipe(s) {', '.join(bad)}; known: {', '.join(RECIPES)}")
     secs = parse_duration(args.budget)
@@ -133,7 +140,7 @@ def main() -> None:
     with open(OUT / f"screen-{args.budget}.jsonl", "a", encoding="utf-8") as f:
         for r in runs:
             f.write(json.dumps({k: v for k, v in r.items() if k != "cal"}, ensure_ascii=False, default=str) + "\n")
-    body = table(runs, genres, recipes)
+    body = table(runs, genres, list(dict.fromkeys(r.split("/")[-1] for r in recipes)))
     print("\n" + body + f"\n\nwall {time.time() - t0:.0f} s, load {load0} -> {common.load_avg()}")
     if args.results:
         note = (f"Final val bits/char after {args.budget} idle-equivalent seconds per run (idle clock of "

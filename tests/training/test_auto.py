@@ -41,17 +41,33 @@ def test_a_small_corpus_gets_the_char_tokenizer(tmp_path, zhgpt_home):
     assert any(line.startswith("auto: tokenizer = char: ") for line in rec.lines({}, {}))
 
 
-def test_vocabulary_and_context_follow_the_corpus(tmp_path, zhgpt_home):
-    news = _write(tmp_path / "news.txt", pd_lines("train", 8000))
-    short = _write(tmp_path / "short.txt", [line[:30] for line in pd_lines("train", 8000) * 3])
-    a, b = auto.choose({"data": [str(news)]}, {}, "cpu"), auto.choose({"data": [str(short)]}, {}, "cpu")
+def test_vocabulary_and_context_follow_the_corpus_and_the_budget(tmp_path, zhgpt_home):
+    lines = pd_lines("train", 8000) * 2                                  # ~1.5M characters: unigram
+    news = _write(tmp_path / "news.txt", lines)
+    long = _write(tmp_path / "long.txt", ["".join(lines[i:i + 12]) for i in range(0, len(lines), 12)])
+    a, b = auto.choose({"data": [str(news)]}, {}, "cpu"), auto.choose({"data": [str(long)]}, {}, "cpu")
     for rec in (a, b):
         v = rec.train["vocab_size"]
         assert rec.train["tokenizer"] == "unigram" and auto.VOCAB_MIN <= v <= auto.VOCAB_MAX and v & (v - 1) == 0
         assert rec.train["batch_size"] * rec.model["block_size"] == auto.CPU_TOKENS_PER_STEP
-    assert b.model["block_size"] < a.model["block_size"]          # shorter documents, shorter windows
+    assert a.model["block_size"] == auto.CTX_MIN                 # paragraphs of ~95 characters: the screened 128
+    assert b.model["block_size"] > a.model["block_size"]         # documents 12x longer, longer windows
     assert {"tokenizer", "vocab_size", "block_size", "shape", "batch_size"} <= set(a.reasons)
     assert a.facts["epochs_est"] > 0 and a.facts["tokens_per_param_est"] > 0
+    assert any(line.startswith("auto: budget: ~") and "passes over the corpus" in line and "tokens per parameter"
+               in line for line in a.lines({}, {}))
+    short = auto.choose({"data": [str(news)], "time_budget": "20s"}, {}, "cpu")
+    assert short.train["vocab_size"] == auto.VOCAB_MIN <= a.train["vocab_size"]   # less text seen, fewer pieces
+    assert "tokens the budget trains on" in short.reasons["vocab_size"]
+
+
+def test_auto_is_the_default_and_a_named_preset_is_not_touched(tmp_path, zhgpt_home):
+    news = _write(tmp_path / "news.txt", pd_lines("train", 8000) * 2)
+    cfg, model, preset = resolve_config({"data": [str(news)]}, {}, "cpu")
+    assert preset == "auto" and cfg.auto["facts"]["shape_preset"] == "cpu-tiny" and cfg.auto["reasons"]
+    assert (cfg.tokenizer, cfg.vocab_size, model["block_size"]) == ("unigram", model["vocab_size"], 128)
+    named, named_model, _ = resolve_config({"data": [str(news)], "preset": "cpu-tiny"}, {}, "cpu")
+    assert (named.vocab_size, named_model["block_size"], named.auto) == (16384, 128, {})
 
 
 def test_flags_win_and_the_reasons_say_so(tmp_path, zhgpt_home):

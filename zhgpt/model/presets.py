@@ -1,9 +1,9 @@
 """Model presets: named shapes, from a laptop-sized model to GPT-2 XL.
 
-``cpu-tiny`` is what `zhgpt train` picks on a CPU: chosen by measurement on 2 cores (see
-bench/RESULTS.md) to learn the most Chinese in a 10-minute budget. The GPT-2 family shapes use
-a 32k Chinese vocabulary instead of GPT-2's 50,257 English-centric one, so their parameter counts
-are a little below the English GPT-2 numbers; `zhgpt presets` prints the real counts.
+``cpu-tiny`` is the shape `--preset auto` (the default) trains on a CPU for budgets under an hour:
+chosen by measurement on 2 cores (see bench/RESULTS.md) to learn the most Chinese in a 10-minute budget.
+The GPT-2 family shapes use a 32k Chinese vocabulary instead of GPT-2's 50,257 English-centric one, so
+their parameter counts are a little below the English GPT-2 numbers; `zhgpt presets` prints the real counts.
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ PRESETS: dict[str, tuple[dict, dict, str]] = {
            dict(batch_size=2, grad_accum=64, lr=2e-4), "GPT-2 XL (1.5B)"),
 }
 DEFAULT_GPU_PRESET = "small"
-DEFAULT_CPU_PRESET = "cpu-tiny"
 
 
 def get_preset(name: str) -> tuple[dict, dict]:

@@ -2,10 +2,10 @@
 
 nanochat derives its model from one ``--depth`` dial; here the dials are facts about the run: how much text
 there is and what kind (characters, distinct characters, document length), how long the run may take, and
-how fast this machine trains (`zhgpt estimate`'s throughput model: peak FLOP/s x expected MFU). The constants
-below are starting points, NOT yet fitted: bench/screen_genres.py is the screening they are to be fitted to
-(bench/RESULTS.md, preliminary), and auto is not the default until they are. Flags the user gives always win:
-auto fills only what was not asked for, and says which is which.
+how fast this machine trains (`zhgpt estimate`'s throughput model: peak FLOP/s x expected MFU). The fitted
+constants come from bench/screen_genres.py (bench/RESULTS.md, "Recipe screening across genres"): news,
+reviews, Song ci and Yuan sanqu, every recipe at 100 s, the contenders at 10 minutes. Flags the user gives
+always win: auto fills only what was not asked for, and says which is which.
 """
 from __future__ import annotations
 
@@ -17,12 +17,20 @@ from pathlib import Path
 from zhgpt.config import load_json, parse_duration
 from zhgpt.core import fmt
 
-# ---- to be fitted to bench/screen_genres.py (RESULTS.md "Recipe screening across genres"); starting points now
-CHAR_BELOW = 300_000          # corpora under this many characters: char tokenizer (too little text for pieces)
-CHARS_PER_PIECE = 100         # unigram vocabulary ~ budget characters / this, a power of two in [MIN, MAX]
+# ---- fitted to bench/screen_genres.py (RESULTS.md "Recipe screening across genres")
+# Under ~1M characters the char tokenizer learned as much as or more than unigram 4k in 100 s (Yuan sanqu,
+# 0.92M: 7.18 vs 7.29 bits/char); from 1.2M up unigram won (reviews 5.94 vs 6.27, news 6.53 vs 6.84).
+CHAR_BELOW = 1_000_000
+# The best unigram vocabulary shrank with the text a run gets to see: 4k at 100 s on every genre, 8k (16k
+# 0.065 bits/char worse) on news at 10 minutes. vocab ~ min(corpus characters, budget tokens) / this, a power
+# of two in [MIN, MAX]: 4k at 100 s, 8k for a 1.76M-character corpus at 10 minutes, 16k for the built-in 4.4M.
+CHARS_PER_PIECE = 190
 VOCAB_MIN, VOCAB_MAX = 4096, 32768
 CTX_DOC_FACTOR = 2.0          # context ~ this x the average document in tokens, a power of two in the limits
-CTX_MIN, CPU_CTX_MAX, GPU_CTX_MAX = 64, 256, 1024
+# Context at 100 s on four genres with documents of 73-95 characters: 64 won on two (Yuan sanqu by 0.10,
+# reviews by 0.03 bits/char) and lost on two (Song ci by 0.03, news by 0.33); 256 lost on all four (0.04-0.2).
+# 128 is the best overall, so it is the floor; longer documents get more.
+CTX_MIN, CPU_CTX_MAX, GPU_CTX_MAX = 128, 256, 1024
 CPU_TOKENS_PER_STEP = 2048    # the cpu-tiny screening's batch x context (16 x 128), kept when the context moves
 CPU_SHAPE_BELOW_S = 3600      # CPU budgets under an hour keep the cpu-tiny shape (6L/384d lost at 10 min)
 # ---- general rules, not fitted here
@@ -50,6 +58,10 @@ class AutoRecipe:
                 out.append(f"auto: {k} = {given} (your flag; auto's choice {self.values[k]}: {why})")
             else:
                 out.append(f"auto: {k} = {self.values[k]}: {why}")
+        f = self.facts
+        if "tokens_est" in f:
+            out.append(f"auto: budget: ~{fmt.count(f['tokens_est'])} tokens ({f['throughput']}), "
+                       f"{f['epochs_est']:g} passes over the corpus, {f['tokens_per_param_est']:g} tokens per parameter")
         return out + [f"auto: warning: {w}" for w in self.warnings]
 
     def record(self, explicit: dict, model_overrides: dict) -> dict:
@@ -95,12 +107,9 @@ def tokens_per_second(model: dict, device: str) -> tuple[float, str]:
     expected MFU / training FLOPs per token."""
     from zhgpt.core.device import resolve_dtype
     from zhgpt.model.gpt import ModelConfig
-    from zhgpt.training.estimate import DEFAULT_MFU, flops_per_token
-    from zhgpt.training.layout import cache_root
-    from zhgpt.training.mfu import peak_flops
+    from zhgpt.training.estimate import expected_rate, flops_per_token
     cfg = ModelConfig(**model)
-    peak, how = peak_flops(device, resolve_dtype("auto", device), cache_root())
-    mfu = DEFAULT_MFU["cpu" if device == "cpu" else "gpu"][0]
+    peak, how, mfu, _ = expected_rate(device, resolve_dtype("auto", device))
     return peak * mfu / flops_per_token(cfg, cfg.block_size), f"{how} peak {peak / 1e12:.2f} TFLOP/s x MFU {mfu:g}"
 
 
@@ -116,7 +125,8 @@ def choose_tokenizer(facts: dict, budget_tokens: float | None) -> tuple[dict, di
         return {}, {}                      # a prepared dataset has its tokenizer already
     chars = facts["chars"]
     if chars < CHAR_BELOW:
-        why = f"{fmt.count(chars)} characters of text, under {fmt.count(CHAR_BELOW)}: too little to learn pieces"
+        why = (f"{fmt.count(chars)} characters of text, under {fmt.count(CHAR_BELOW)}: too little for pieces to "
+               "beat single characters (screened)")
         return {"tokenizer": "char", "vocab_size": 8000}, {"tokenizer": why,
                                                            "vocab_size": "every distinct character, at most 8000"}
     basis, what = (chars, "corpus characters")
@@ -184,7 +194,7 @@ def choose(explicit: dict, model_overrides: dict, device: str) -> AutoRecipe:
     corpus_tokens = facts["chars"] / cpt
     shape, reasons["shape"] = choose_shape(device, secs, corpus_tokens, vocab, ctx)
     model, train = get_preset(shape)
-    model.update(block_size=ctx)
+    model.update(block_size=ctx, vocab_size=vocab)     # the data's tokenizer sets the final size
     train.update(tok)
     values = {**tok, "block_size": ctx, "shape": f"{shape} ({model['n_layer']} layers x {model['n_embd']})"}
     if shape == "cpu-tiny":

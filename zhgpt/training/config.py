@@ -33,9 +33,9 @@ class TrainConfig:
     # ---- run
     out: str = opt("", "run folder (default: runs/<timestamp> under $ZHGPT_HOME or the current folder)")
     resume: str = opt("", "continue a run folder exactly where its last good checkpoint left off")
-    preset: str = opt("", "model preset (auto, cpu-tiny, tiny, mini, small, medium, large, xl; default: from "
-                          "hardware); auto: tokenizer, vocabulary, context and shape chosen from the corpus, the "
-                          "budget and the machine, each choice printed with its reason")
+    preset: str = opt("", "model preset (auto, cpu-tiny, tiny, mini, small, medium, large, xl; default: auto): "
+                          "auto chooses tokenizer, vocabulary, context and shape from the corpus, the budget and "
+                          "the machine, each choice printed with its reason; flags still win")
     auto: dict = opt(help="what --preset auto saw and chose, and why (written to config.json)", factory=dict,
                      cli=False)
     init_from: str = opt("", "fine-tune: start from a local Hugging Face GPT-2/Llama folder or a zhgpt run/checkpoint, "
@@ -110,7 +110,7 @@ def resolve_config(explicit: dict, model_overrides: dict, device: str, cls: type
                    stage_defaults: dict | None = None) -> tuple[TrainConfig, dict, str]:
     """Merge defaults, preset, a stage's defaults (e.g. SFT's) and explicit flags (or the resumed run's
     saved config) into a ``cls`` (TrainConfig or a stage's subclass of it)."""
-    from zhgpt.model.presets import DEFAULT_CPU_PRESET, DEFAULT_GPU_PRESET, get_preset
+    from zhgpt.model.presets import get_preset
 
     if explicit.get("resume"):
         run = Path(explicit["resume"])
@@ -126,7 +126,7 @@ def resolve_config(explicit: dict, model_overrides: dict, device: str, cls: type
         base.update({k: v for k, v in explicit.items()})
         base["out"] = str(run)
         return cls(**base), dict(saved["model"]), saved["train"].get("preset", "")
-    preset = explicit.get("preset") or (DEFAULT_GPU_PRESET if device.startswith("cuda") else DEFAULT_CPU_PRESET)
+    preset = explicit.get("preset") or "auto"
     if preset == "auto" and not explicit.get("init_from"):
         model_fields, train_fields = _auto(explicit, model_overrides, device)
     else:
