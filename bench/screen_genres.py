@@ -93,6 +93,17 @@ def run_all(jobs: list[dict], lanes: int) -> list[dict]:
     return [done[i] for i in range(len(jobs))]
 
 
+def stored_runs(genres: list[str], recipes: list[str], tag: str) -> list[dict]:
+    """The latest finished run of each genre x recipe at budget ``tag`` from bench/out/screen_genres/<genre>/runs.jsonl."""
+    runs = []
+    for g in genres:
+        path = OUT / g / "runs.jsonl"
+        recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+        last = {r["name"]: r for r in recs if r.get("budget") == tag}
+        runs += [{**last[n], "genre": g} for n in for_genre(recipes, g) if n in last]
+    return runs
+
+
 def table(runs: list[dict], genres: list[str], recipes: list[str]) -> str:
     """Recipes x genres: final val BPC (best per genre in bold), chars/token, and speed-up vs the reference."""
     by = {(r["genre"], r["name"]): r for r in runs if not r.get("failed")}
@@ -108,10 +119,13 @@ def table(runs: list[dict], genres: list[str], recipes: list[str]) -> str:
                 continue
             bpc = f"{r['final_bpc']:.3f}"
             bpc = f"**{bpc}**" if r["final_bpc"] == best[g] else bpc
-            ref = by.get((g, "reference"))
-            t = bq.time_to(bq.curve(r), ref["final_bpc"]) if ref and n != "reference" else None
+            ref, c = by.get((g, "reference")), bq.curve(r)
+            # a speed-up needs a curve to interpolate on: the 100-s runs evaluate only at the start and the end
+            t = bq.time_to(c, ref["final_bpc"]) if ref and n != "reference" and len(c) >= 4 else None
             up = f", {bq.curve(ref)[-1][1] / t:.1f}x" if t else ""
-            row.append(f"{bpc} ({r['chars_per_token']:.2f} c/t, {r['steps']} st{up})")
+            low = min(b for *_, b in c)
+            low = f", lowest {low:.3f}" if low < r["final_bpc"] - 0.01 else ""   # the val loss rose again
+            row.append(f"{bpc} ({r['chars_per_token']:.2f} c/t, {r['steps']} st{up}{low})")
         rows.append(row)
     return common.md_table(["recipe"] + genres, rows)
 
@@ -125,6 +139,7 @@ def main() -> None:
     ap.add_argument("--cal-rounds", type=int, default=3)
     ap.add_argument("--lanes", type=int, default=2, help="runs at a time, one thread each")
     ap.add_argument("--results", action="store_true", help="write the section in bench/RESULTS.md")
+    ap.add_argument("--table-only", action="store_true", help="no runs: the table of the runs stored for this budget")
     args = ap.parse_args()
     from zhgpt.config import parse_duration
     genres = args.genres.split(",") if args.genres else sorted(p.name for p in GENRES.iterdir()
@@ -135,18 +150,21 @@ def main() -> None:
         sys.exit(f"unknown recipe(s) {', '.join(bad)}; known: {', '.join(RECIPES)}")
     secs = parse_duration(args.budget)
     info, load0, t0 = common.machine_info(), common.load_avg(), time.time()
-    runs = run_all(plan_jobs(genres, recipes, secs, args.cal_rounds, 1), args.lanes)
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / f"screen-{args.budget}.jsonl", "a", encoding="utf-8") as f:
-        for r in runs:
-            f.write(json.dumps({k: v for k, v in r.items() if k != "cal"}, ensure_ascii=False, default=str) + "\n")
+    if args.table_only:
+        runs = stored_runs(genres, recipes, f"{secs:g}s")
+    else:
+        runs = run_all(plan_jobs(genres, recipes, secs, args.cal_rounds, 1), args.lanes)
+        OUT.mkdir(parents=True, exist_ok=True)
+        with open(OUT / f"screen-{args.budget}.jsonl", "a", encoding="utf-8") as f:
+            for r in runs:
+                f.write(json.dumps({k: v for k, v in r.items() if k != "cal"}, ensure_ascii=False, default=str) + "\n")
     body = table(runs, genres, list(dict.fromkeys(r.split("/")[-1] for r in recipes)))
     print("\n" + body + f"\n\nwall {time.time() - t0:.0f} s, load {load0} -> {common.load_avg()}")
     if args.results:
         note = (f"Final val bits/char after {args.budget} idle-equivalent seconds per run (idle clock of "
                 "bench_quality.py; runs two at a time, one thread each); bold = best non-reference recipe of the "
                 "genre; c/t = characters per token on val; st = steps; Nx = speed-up to the reference's final "
-                "BPC.\n\n")
+                "BPC; lowest = the lowest val BPC of the run where the end was higher.\n\n")
         common.write_section(f"Recipe screening across genres, {args.budget} (bench/screen_genres.py)",
                              common.header(info, load0, common.load_avg(), common.command_line()) + "\n" + note
                              + body + "\n")

@@ -85,9 +85,12 @@ def test_a_budget_that_repeats_the_corpus_is_warned_about_with_numbers(tmp_path,
     f = _write(tmp_path / "news.txt", pd_lines("train", 2000))
     rec = auto.choose({"data": [str(f)], "time_budget": "3h"}, {}, "cpu")
     assert rec.facts["epochs_est"] > auto.EPOCHS_OK
-    assert any("passes over this corpus" in w for w in rec.warnings)
+    assert any("passes over this corpus" in w and "training stops after 4 passes" in w for w in rec.warnings)
+    assert rec.train["max_tokens"] == int(auto.EPOCHS_OK * rec.facts["corpus_tokens_est"])   # stops at 4 passes
+    cfg, _, _ = resolve_config({"data": [str(f)], "time_budget": "3h", "max_tokens": 10 ** 9}, {}, "cpu")
+    assert cfg.max_tokens == 10 ** 9 and "max_tokens" in cfg.auto["overridden_by_flags"]      # the flag wins
     quiet = auto.choose({"data": [str(f)], "time_budget": "20s"}, {}, "cpu")
-    assert not quiet.warnings
+    assert not quiet.warnings and "max_tokens" not in quiet.train
     big = auto.choose({"data": [str(f)], "time_budget": "20s"}, {"n_layer": 12, "n_embd": 768, "n_head": 12}, "cpu")
     assert any("under-trained" in w and "tokens each" in w for w in big.warnings)
 

@@ -34,7 +34,10 @@ CTX_MIN, CPU_CTX_MAX, GPU_CTX_MAX = 128, 256, 1024
 CPU_TOKENS_PER_STEP = 2048    # the cpu-tiny screening's batch x context (16 x 128), kept when the context moves
 CPU_SHAPE_BELOW_S = 3600      # CPU budgets under an hour keep the cpu-tiny shape (6L/384d lost at 10 min)
 # ---- general rules, not fitted here
-EPOCHS_OK = 4.0               # repeating data up to ~4 epochs costs little (Muennighoff et al. 2023)
+# Repeating data up to ~4 epochs costs little (Muennighoff et al. 2023). In the screening the validation loss of
+# Yuan sanqu at 10 minutes was lowest near 4.1-4.5 passes and then rose (char: +0.1 bits/char by 6 passes;
+# unigram 4k: +0.5 by 8), so auto stops a run there (max_tokens) instead of memorising.
+EPOCHS_OK = 4.0
 TOKENS_PER_PARAM = 20         # Chinchilla's compute-optimal tokens per parameter
 # unigram on news (pd1998 val, measured 1.32 / 1.52 / 1.79 chars per token; 32768 extrapolated): a guess elsewhere
 CHARS_PER_TOKEN_GUESS = {"char": 1.0, 4096: 1.3, 8192: 1.5, 16384: 1.75, 32768: 1.9}
@@ -181,10 +184,8 @@ def choose(explicit: dict, model_overrides: dict, device: str) -> AutoRecipe:
     from zhgpt.model.presets import get_preset
     facts = corpus_facts(explicit.get("data") or ["builtin"])
     secs, secs_why = budget_seconds(explicit, device)
-    budget_tokens, tps_why = None, ""
-    if secs:     # the vocabulary rule reads the budget in tokens, at the cpu-tiny shape's speed
-        tps0, tps_why = tokens_per_second(get_preset("cpu-tiny")[0], device)
-        budget_tokens = tps0 * secs
+    # the vocabulary rule reads the budget in tokens, at the cpu-tiny shape's speed
+    budget_tokens = tokens_per_second(get_preset("cpu-tiny")[0], device)[0] * secs if secs else None
     tok, reasons = choose_tokenizer(facts, budget_tokens)
     kind = explicit.get("tokenizer") or tok.get("tokenizer") or facts.get("tokenizer") or "unigram"
     vocab = explicit.get("vocab_size") or tok.get("vocab_size") or facts.get("vocab_size") or 16384
@@ -203,13 +204,13 @@ def choose(explicit: dict, model_overrides: dict, device: str) -> AutoRecipe:
         reasons["batch_size"] = f"{CPU_TOKENS_PER_STEP} tokens per step as screened, at context {ctx}"
     rec = AutoRecipe(model=model, train=train, values=values, reasons=reasons)
     rec.facts = {"corpus": facts, "budget": secs_why, "corpus_tokens_est": round(corpus_tokens), "shape_preset": shape}
-    _check_budget(rec, {**model, **model_overrides, "vocab_size": vocab}, device, secs, corpus_tokens, tps_why)
+    _check_budget(rec, explicit, {**model, **model_overrides, "vocab_size": vocab}, device, secs, corpus_tokens)
     return rec
 
 
-def _check_budget(rec: AutoRecipe, model: dict, device: str, secs: float | None, corpus_tokens: float,
-                  tps_why: str) -> None:
-    """Tokens per parameter and epochs the budget will give, with a warning when the corpus repeats often."""
+def _check_budget(rec: AutoRecipe, explicit: dict, model: dict, device: str, secs: float | None,
+                  corpus_tokens: float) -> None:
+    """Tokens per parameter and epochs the budget will give; past EPOCHS_OK passes a token limit there."""
     from zhgpt.model.gpt import ModelConfig
     from zhgpt.model.presets import count_params
     if not secs:
@@ -227,7 +228,12 @@ def _check_budget(rec: AutoRecipe, model: dict, device: str, secs: float | None,
             f"(auto's shape: {fmt.params(chosen)}, ~{tokens / chosen:.2g}); a model this large stays far "
             "under-trained: drop the shape flags or give a longer --time-budget")
     if epochs > EPOCHS_OK:
-        rec.warnings.append(
-            f"the budget trains on ~{fmt.count(tokens)} tokens, {epochs:.1f} passes over this corpus "
-            f"(~{fmt.count(corpus_tokens)} tokens); past ~{EPOCHS_OK:g} it starts to memorise: add text or "
-            "shorten --time-budget")
+        cap = int(EPOCHS_OK * corpus_tokens)
+        rec.train["max_tokens"] = rec.values["max_tokens"] = cap
+        rec.reasons["max_tokens"] = (f"{EPOCHS_OK:g} passes over ~{fmt.count(corpus_tokens)} corpus tokens; the "
+                                     f"validation loss rose past ~{EPOCHS_OK:g} in the screening")
+        stop = ("" if explicit.get("max_tokens") else
+                f"; training stops after {EPOCHS_OK:g} passes (~{fmt.count(cap)} tokens): add text to use the "
+                "whole budget, or give --max-tokens to train on")
+        rec.warnings.append(f"the budget would train on ~{fmt.count(tokens)} tokens, {epochs:.1f} passes over this "
+                            f"corpus (~{fmt.count(corpus_tokens)} tokens){stop}")
