@@ -34,9 +34,9 @@ CTX_MIN, CPU_CTX_MAX, GPU_CTX_MAX = 128, 256, 1024
 CPU_TOKENS_PER_STEP = 2048    # the cpu-tiny screening's batch x context (16 x 128), kept when the context moves
 CPU_SHAPE_BELOW_S = 3600      # CPU budgets under an hour keep the cpu-tiny shape (6L/384d lost at 10 min)
 # ---- general rules, not fitted here
-# Repeating data up to ~4 epochs costs little (Muennighoff et al. 2023). In the screening the validation loss of
-# Yuan sanqu at 10 minutes was lowest near 4.1-4.5 passes and then rose (char: +0.1 bits/char by 6 passes;
-# unigram 4k: +0.5 by 8), so auto stops a run there (max_tokens) instead of memorising.
+# Repeating data up to ~4 epochs costs little (Muennighoff et al. 2023). In the 10-minute screening the val loss
+# was lowest at 3.8-4.5 passes and then rose (Yuan sanqu char +0.1 bits/char by 5.9 passes, unigram 4k +0.5 by
+# 8.1; reviews 8k +0.09 by 5.5), so auto stops a run at 4 passes (max_tokens) instead of memorising.
 EPOCHS_OK = 4.0
 TOKENS_PER_PARAM = 20         # Chinchilla's compute-optimal tokens per parameter
 # unigram on news (pd1998 val, measured 1.32 / 1.52 / 1.79 chars per token; 32768 extrapolated): a guess elsewhere
