@@ -110,9 +110,12 @@ def tokens_per_second(model: dict, device: str) -> tuple[float, str]:
     expected MFU / training FLOPs per token."""
     from zhgpt.core.device import resolve_dtype
     from zhgpt.model.gpt import ModelConfig
-    from zhgpt.training.estimate import expected_rate, flops_per_token
+    from zhgpt.training.estimate import DEFAULT_MFU, flops_per_token
+    from zhgpt.training.layout import cache_root
+    from zhgpt.training.mfu import peak_flops
     cfg = ModelConfig(**model)
-    peak, how, mfu, _ = expected_rate(device, resolve_dtype("auto", device))
+    peak, how = peak_flops(device, resolve_dtype("auto", device), cache_root())
+    mfu = DEFAULT_MFU["cpu" if device == "cpu" else "gpu"][0]
     return peak * mfu / flops_per_token(cfg, cfg.block_size), f"{how} peak {peak / 1e12:.2f} TFLOP/s x MFU {mfu:g}"
 
 

@@ -403,25 +403,17 @@ def throughput(cfg: EstimateConfig) -> tuple[float, str, float, str]:
     device (`--device auto`, one process with the threads torch uses now), as training would take them."""
     device = resolve_device("auto")
     kind = "cpu" if device == "cpu" else "gpu"
-    mfu, mfu_src = DEFAULT_MFU[kind]
     if cfg.device_tflops is not None:
         peak, peak_src = cfg.device_tflops * 1e12, "--device-tflops"
     else:
-        peak, how, mfu, mfu_src = expected_rate(device, DTYPES[cfg.precision])
+        peak, how = peak_flops(device, DTYPES[cfg.precision], cache_root())
         what = hardware_info(device)
         peak_src = (f"{how}: {what.get('gpu', what['cpu'])}, {what['threads']} threads, {cfg.precision}"
                     + (f" (cached in {cache_root() / 'peak_flops.json'})" if how == "measured" else ""))
     if cfg.mfu is not None:
         return peak, peak_src, cfg.mfu, "--mfu"
+    mfu, mfu_src = DEFAULT_MFU[kind]
     return peak, peak_src, mfu, f"{kind} default, {mfu_src}; set --mfu"
-
-
-def expected_rate(device: str, dtype) -> tuple[float, str, float, str]:
-    """(peak FLOP/s, how it was found, expected MFU, where that comes from) of ``device`` at ``dtype``: the
-    rate both `zhgpt estimate` and `--preset auto` plan with (the peak measured once and cached on CPUs)."""
-    peak, how = peak_flops(device, dtype, cache_root())
-    mfu, mfu_src = DEFAULT_MFU["cpu" if device == "cpu" else "gpu"]
-    return peak, how, mfu, mfu_src
 
 
 def model_for(cfg: EstimateConfig, preset: str) -> ModelConfig:
