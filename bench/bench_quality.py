@@ -258,7 +258,7 @@ def resolve_recipe(flags: list[str], data: dict | None = None):
 THREAD_SPEEDUP = 1.9
 
 
-def calibrate(recipes: dict[str, dict], rounds: int, data: dict | None = None) -> dict[str, dict]:
+def calibrate(recipes: dict[str, dict], rounds: int, data: dict | None = None, fresh: bool = False) -> dict[str, dict]:
     """Idle seconds per training step and per full validation pass of each recipe.
 
     On a busy host the wall time of a 2-thread step swings 2-8x (an OpenMP team of 2 waits at every op's
@@ -266,7 +266,8 @@ def calibrate(recipes: dict[str, dict], rounds: int, data: dict | None = None) -
     for a recipe that never met a quiet moment. One thread's *CPU time* barely depends on the load: the
     step costs what it costs. So each recipe's step (`zhgpt train`'s own train_step) and one eval-mode forward
     run at 1 thread, in rotating order, and their process CPU seconds (fastest round, and across
-    invocations: bench/out/quality/calibration.json) divided by THREAD_SPEEDUP give the idle 2-thread
+    invocations: bench/out/quality/calibration.json; ``fresh``: this invocation's only, so that recipes
+    measured together share one state of the host) divided by THREAD_SPEEDUP give the idle 2-thread
     seconds. The 2-thread wall time of the step is measured in the same rotation; where even its fastest
     round is slower than that estimate, it is used instead (conservative: fewer steps per budget)."""
     import torch
@@ -339,15 +340,15 @@ def calibrate(recipes: dict[str, dict], rounds: int, data: dict | None = None) -
         old = cache.get(key, {})
         now = {"cpu_step": min(cpu[f"{name}|step1"]), "cpu_fwd": min(cpu[f"{name}|fwd1"]),
                "wall2_step": min(times[f"{name}|step2"])}
-        best = {k: min(v, old.get(k, v)) for k, v in now.items()}
-        cache[key] = {**best, "rounds": old.get("rounds", 0) + rounds}
+        cache[key] = {**{k: min(v, old.get(k, v)) for k, v in now.items()}, "rounds": old.get("rounds", 0) + rounds}
+        best = now if fresh else cache[key]
         # Conservative: if 2 threads were never measured as fast as CPU/THREAD_SPEEDUP (a recipe that scales
         # worse, e.g. bf16 with a 16k vocabulary: 1.7x), the measured 2-thread time counts.
         s_step = max(best["cpu_step"] / THREAD_SPEEDUP, best["wall2_step"])
         scale = s_step / (best["cpu_step"] / THREAD_SPEEDUP)
         out[name] = {**meta[name], "s_step": s_step, "s_fwd": best["cpu_fwd"] / THREAD_SPEEDUP * scale,
                      "s_eval": best["cpu_fwd"] / THREAD_SPEEDUP * scale * meta[name]["eval_batches"],
-                     "cpu_step": best["cpu_step"], "wall2_step": best["wall2_step"],
+                     "cpu_step": best["cpu_step"], "cpu_fwd": best["cpu_fwd"], "wall2_step": best["wall2_step"],
                      "wall2_median": common.median(times[f"{name}|step2"]), "rounds": cache[key]["rounds"]}
     OUT.mkdir(parents=True, exist_ok=True)
     cache_path.write_text(json.dumps(cache, indent=1))

@@ -39,6 +39,8 @@ def test_a_small_corpus_gets_the_char_tokenizer(tmp_path, zhgpt_home):
     rec = auto.choose({"data": [str(f)]}, {}, "cpu")
     assert rec.train["tokenizer"] == "char"
     assert any(line.startswith("auto: tokenizer = char: ") for line in rec.lines({}, {}))
+    # ~95-character paragraphs: one per window with single characters (64), two with unigram pieces (128)
+    assert rec.model["block_size"] == auto.CHAR_CTX_MIN == 64 and rec.train["batch_size"] == 32
 
 
 def test_vocabulary_and_context_follow_the_corpus_and_the_budget(tmp_path, zhgpt_home):
@@ -49,13 +51,15 @@ def test_vocabulary_and_context_follow_the_corpus_and_the_budget(tmp_path, zhgpt
     for rec in (a, b):
         v = rec.train["vocab_size"]
         assert rec.train["tokenizer"] == "unigram" and auto.VOCAB_MIN <= v <= auto.VOCAB_MAX and v & (v - 1) == 0
-        assert rec.train["batch_size"] * rec.model["block_size"] == auto.CPU_TOKENS_PER_STEP
+        assert rec.train["batch_size"] * rec.model["block_size"] == 16 * 128   # cpu-tiny's tokens per step
     assert a.model["block_size"] == auto.CTX_MIN                 # paragraphs of ~95 characters: the screened 128
     assert b.model["block_size"] > a.model["block_size"]         # documents 12x longer, longer windows
-    assert {"tokenizer", "vocab_size", "block_size", "shape", "batch_size"} <= set(a.reasons)
+    assert {"tokenizer", "vocab_size", "block_size", "shape", "batch_size", "lr"} <= set(a.reasons)
     assert a.facts["epochs_est"] > 0 and a.facts["tokens_per_param_est"] > 0
     assert any(line.startswith("auto: budget: ~") and "passes over the corpus" in line and "tokens per parameter"
                in line for line in a.lines({}, {}))
+    # a GPU shape keeps its preset's 16 x 8 x 1024 tokens per step at a shorter context
+    assert auto.choose_batch("small", {"batch_size": 16, "grad_accum": 8}, 1024, 256)[0] == 64
     short = auto.choose({"data": [str(news)], "time_budget": "20s"}, {}, "cpu")
     assert short.train["vocab_size"] == auto.VOCAB_MIN <= a.train["vocab_size"]   # less text seen, fewer pieces
     assert "tokens the budget trains on" in short.reasons["vocab_size"]
@@ -89,6 +93,9 @@ def test_a_budget_that_repeats_the_corpus_is_warned_about_with_numbers(tmp_path,
     assert rec.train["max_tokens"] == int(auto.EPOCHS_OK * rec.facts["corpus_tokens_est"])   # stops at 4 passes
     cfg, _, _ = resolve_config({"data": [str(f)], "time_budget": "3h", "max_tokens": 10 ** 9}, {}, "cpu")
     assert cfg.max_tokens == 10 ** 9 and "max_tokens" in cfg.auto["overridden_by_flags"]      # the flag wins
+    short = auto.choose({"data": [str(f)], "time_budget": "3h", "max_steps": 5}, {}, "cpu")
+    assert any("--max-steps ends the run sooner" in w for w in short.warnings)                # no false promise
+    assert not any("training stops after" in w for w in short.warnings)
     quiet = auto.choose({"data": [str(f)], "time_budget": "20s"}, {}, "cpu")
     assert not quiet.warnings and "max_tokens" not in quiet.train
     big = auto.choose({"data": [str(f)], "time_budget": "20s"}, {"n_layer": 12, "n_embd": 768, "n_head": 12}, "cpu")
@@ -101,7 +108,7 @@ def test_train_with_preset_auto_prints_and_records_its_reasons(pd_text, tmp_path
     res = run_cli("train", "--preset", "auto", "--data", train, "--val-data", val, "--out", out, "--max-steps", 3,
                   "--n-layer", 1, "--n-embd", 64, "--n-head", 2, "--eval-every", 100, "--no-report", "--no-export",
                   "--log", "none", "--sample-tokens", 0, "--probes", "none", check=True)
-    for field in ("tokenizer", "vocab_size", "block_size", "shape", "batch_size"):
+    for field in ("tokenizer", "vocab_size", "block_size", "shape", "batch_size", "lr"):
         assert f"auto: {field} = " in res.stdout
     cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert cfg["train"]["preset"] == "auto"
