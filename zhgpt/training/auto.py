@@ -20,6 +20,8 @@ from zhgpt.core import fmt
 # ---- fitted to bench/screen_genres.py (RESULTS.md "Recipe screening across genres")
 # Under ~1M characters the char tokenizer learned as much as or more than unigram 4k in 100 s (Yuan sanqu,
 # 0.92M: 7.18 vs 7.29 bits/char); from 1.2M up unigram won (reviews 5.94 vs 6.27, news 6.53 vs 6.84).
+# Known miss: at 10 minutes char also beat unigram 8k on Song ci (1.62M, 6.49 vs 6.72); compression (unigram
+# 4k: 1.10-1.14 chars/token on the verse, 1.32-1.40 on news and reviews) separates the genres, size does not.
 CHAR_BELOW = 1_000_000
 # The best unigram vocabulary shrank with the text a run gets to see: 4k at 100 s on every genre, 8k (16k
 # 0.065 bits/char worse) on news at 10 minutes. vocab ~ min(corpus characters, budget tokens) / this, a power
