@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED, pd_lines, run_cli
-from zhgpt.data.corpus_stats import corpus_stats
+from zhgpt.data.corpus_stats import corpus_stats, piece_compression
 from zhgpt.training import auto
 from zhgpt.training.config import resolve_config
 
@@ -41,6 +41,17 @@ def test_a_small_corpus_gets_the_char_tokenizer(tmp_path, zhgpt_home):
     assert any(line.startswith("auto: tokenizer = char: ") for line in rec.lines({}, {}))
     # ~95-character paragraphs: one per window with single characters (64), two with unigram pieces (128)
     assert rec.model["block_size"] == auto.CHAR_CTX_MIN == 64 and rec.train["batch_size"] == 32
+
+
+def test_text_that_pieces_barely_compress_gets_the_char_tokenizer(tmp_path, zhgpt_home):
+    news = _write(tmp_path / "news.txt", pd_lines("train", 8000) * 2)     # ~1.5M characters of prose
+    measured = piece_compression([str(news)])
+    assert auto.CHAR_PIECES_BELOW < measured < 1.6                   # news: ~1.3 characters per 4k piece
+    facts = {**auto.corpus_facts([str(news)]), "unigram4k_chars_per_token": measured}
+    assert auto.choose_tokenizer(facts, None)[0]["tokenizer"] == "unigram"
+    verse = {**facts, "unigram4k_chars_per_token": 1.1}                # Song ci / Yuan sanqu measured 1.10-1.12
+    tok, why = auto.choose_tokenizer(verse, None)
+    assert tok["tokenizer"] == "char" and "1.10 characters" in why["tokenizer"]
 
 
 def test_vocabulary_and_context_follow_the_corpus_and_the_budget(tmp_path, zhgpt_home):

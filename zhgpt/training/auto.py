@@ -20,9 +20,12 @@ from zhgpt.core import fmt
 # ---- fitted to bench/screen_genres.py (RESULTS.md "Recipe screening across genres")
 # Under ~1M characters the char tokenizer learned as much as or more than unigram 4k in 100 s (Yuan sanqu,
 # 0.92M: 7.18 vs 7.29 bits/char); from 1.2M up unigram won (reviews 5.94 vs 6.27, news 6.53 vs 6.84).
-# Known miss: at 10 minutes char also beat unigram 8k on Song ci (1.62M, 6.49 vs 6.72); compression (unigram
-# 4k: 1.10-1.14 chars/token on the verse, 1.32-1.40 on news and reviews) separates the genres, size does not.
 CHAR_BELOW = 1_000_000
+# Size alone missed Song ci (1.62M): at 10 minutes char beat unigram 8k there by 0.23 (6.49 vs 6.72). What
+# separates the genres is how well pieces compress the text: a unigram 4k tokenizer trained on a 300k-character
+# sample gives 1.10-1.12 chars/token on the verse (char won) and 1.29-1.31 on news and reviews (unigram won by
+# ~0.3 bits/char at 100 s). Below this, pieces are too short to pay for their vocabulary: char.
+CHAR_PIECES_BELOW = 1.2
 # The best unigram vocabulary shrank with the text a run gets to see: 4k at 100 s on every genre, 8k (16k
 # 0.065 bits/char worse) on news at 10 minutes. vocab ~ min(corpus characters, budget tokens) / this, a power
 # of two in [MIN, MAX]: 4k at 100 s, 8k for a 1.76M-character corpus at 10 minutes, 16k for the built-in 4.4M.
@@ -135,9 +138,12 @@ def choose_tokenizer(facts: dict, budget_tokens: float | None) -> tuple[dict, di
     if facts.get("prepared"):
         return {}, {}                      # a prepared dataset has its tokenizer already
     chars = facts["chars"]
-    if chars < CHAR_BELOW:
+    cpt = facts.get("unigram4k_chars_per_token")
+    if chars < CHAR_BELOW or (cpt and cpt < CHAR_PIECES_BELOW):
         why = (f"{fmt.count(chars)} characters of text, under {fmt.count(CHAR_BELOW)}: too little for pieces to "
-               "beat single characters (screened)")
+               "beat single characters (screened)") if chars < CHAR_BELOW else (
+               f"unigram 4k pieces average {cpt:.2f} characters on this text, under {CHAR_PIECES_BELOW:g}: too "
+               "short to beat single characters (screened on classical verse)")
         return {"tokenizer": "char", "vocab_size": 8000}, {"tokenizer": why,
                                                            "vocab_size": "every distinct character, at most 8000"}
     basis, what = (chars, "corpus characters")
@@ -145,7 +151,9 @@ def choose_tokenizer(facts: dict, budget_tokens: float | None) -> tuple[dict, di
         basis, what = budget_tokens, "tokens the budget trains on"
     vocab = clamp(pow2_near(basis / CHARS_PER_PIECE), VOCAB_MIN, VOCAB_MAX)
     return ({"tokenizer": "unigram", "vocab_size": vocab},
-            {"tokenizer": f"{fmt.count(chars)} characters of text: unigram pieces with byte fallback",
+            {"tokenizer": f"{fmt.count(chars)} characters of text" + (
+                f", unigram 4k pieces average {cpt:.2f} characters on it" if cpt else "") +
+                ": unigram pieces with byte fallback",
              "vocab_size": f"~{fmt.count(basis)} {what} / {CHARS_PER_PIECE} per piece, a power of two in "
                            f"[{VOCAB_MIN}, {VOCAB_MAX}]"})
 
@@ -201,6 +209,9 @@ def choose(explicit: dict, model_overrides: dict, device: str) -> AutoRecipe:
     which win (a chosen tokenizer or context feeds the later choices)."""
     from zhgpt.model.presets import get_preset
     facts = corpus_facts(explicit.get("data") or ["builtin"])
+    if not facts.get("prepared") and facts["chars"] >= CHAR_BELOW and not explicit.get("tokenizer"):
+        from zhgpt.data.corpus_stats import piece_compression
+        facts["unigram4k_chars_per_token"] = round(piece_compression(explicit.get("data") or ["builtin"]), 3)
     secs, secs_why = budget_seconds(explicit, device)
     # the vocabulary rule reads the budget in tokens, at the cpu-tiny shape's speed
     budget_tokens = tokens_per_second(get_preset("cpu-tiny")[0], device)[0] * secs if secs else None
