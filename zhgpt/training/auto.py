@@ -139,11 +139,14 @@ def choose_tokenizer(facts: dict, budget_tokens: float | None) -> tuple[dict, di
         return {}, {}                      # a prepared dataset has its tokenizer already
     chars = facts["chars"]
     cpt = facts.get("unigram4k_chars_per_token")
-    if chars < CHAR_BELOW or (cpt and cpt < CHAR_PIECES_BELOW):
+    why = ""
+    if chars < CHAR_BELOW:
         why = (f"{fmt.count(chars)} characters of text, under {fmt.count(CHAR_BELOW)}: too little for pieces to "
-               "beat single characters (screened)") if chars < CHAR_BELOW else (
-               f"unigram 4k pieces average {cpt:.2f} characters on this text, under {CHAR_PIECES_BELOW:g}: too "
+               "beat single characters (screened)")
+    elif cpt and cpt < CHAR_PIECES_BELOW:
+        why = (f"unigram 4k pieces average {cpt:.2f} characters on this text, under {CHAR_PIECES_BELOW:g}: too "
                "short to beat single characters (screened on classical verse)")
+    if why:
         return {"tokenizer": "char", "vocab_size": 8000}, {"tokenizer": why,
                                                            "vocab_size": "every distinct character, at most 8000"}
     basis, what = (chars, "corpus characters")
@@ -208,10 +211,11 @@ def choose(explicit: dict, model_overrides: dict, device: str) -> AutoRecipe:
     """The recipe for this corpus, budget and machine. ``explicit``/``model_overrides``: the user's flags,
     which win (a chosen tokenizer or context feeds the later choices)."""
     from zhgpt.model.presets import get_preset
-    facts = corpus_facts(explicit.get("data") or ["builtin"])
+    data = explicit.get("data") or ["builtin"]
+    facts = corpus_facts(data)
     if not facts.get("prepared") and facts["chars"] >= CHAR_BELOW and not explicit.get("tokenizer"):
         from zhgpt.data.corpus_stats import piece_compression
-        facts["unigram4k_chars_per_token"] = round(piece_compression(explicit.get("data") or ["builtin"]), 3)
+        facts["unigram4k_chars_per_token"] = round(piece_compression(data), 3)
     secs, secs_why = budget_seconds(explicit, device)
     # the vocabulary rule reads the budget in tokens, at the cpu-tiny shape's speed
     budget_tokens = tokens_per_second(get_preset("cpu-tiny")[0], device)[0] * secs if secs else None
