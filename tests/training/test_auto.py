@@ -43,6 +43,17 @@ def test_a_small_corpus_gets_the_char_tokenizer(tmp_path, zhgpt_home):
     assert rec.model["block_size"] == auto.CHAR_CTX_MIN == 64 and rec.train["batch_size"] == 32
 
 
+def test_a_resolved_config_keeps_its_tokenizer_and_fills_an_unset_one(tmp_path, zhgpt_home):
+    """The API path (tests, benches): cfg's own tokenizer feeds auto's context; an unset one takes auto's."""
+    from zhgpt.training.config import TrainConfig, resolve_run_config
+    f = _write(tmp_path / "small.txt", pd_lines("train", 300))
+    cfg, model, _ = resolve_run_config(TrainConfig(data=[str(f)], preset="auto"), None, {}, "cpu")
+    assert (cfg.tokenizer, cfg.vocab_size, model["block_size"]) == ("char", 8000, 64)
+    fixed = TrainConfig(data=[str(f)], preset="auto", tokenizer="unigram", vocab_size=4096)
+    cfg, model, _ = resolve_run_config(fixed, None, {}, "cpu")
+    assert (cfg.tokenizer, cfg.vocab_size, model["block_size"]) == ("unigram", 4096, 128)
+    assert "tokenizer" in cfg.auto["overridden_by_flags"]
+
 def test_text_that_pieces_barely_compress_gets_the_char_tokenizer(tmp_path, zhgpt_home):
     news = _write(tmp_path / "news.txt", pd_lines("train", 8000) * 2)     # ~1.5M characters of prose
     measured = piece_compression([str(news)])

@@ -166,10 +166,13 @@ def resolve_run_config(cfg: TrainConfig, explicit: dict | None, model_overrides:
         return resolve_config(explicit, model_overrides, device, type(cfg), stage_defaults)
     from zhgpt.model.presets import get_preset
     preset = cfg.preset or "cpu-tiny"
-    if preset == "auto":        # the shape (and its reasons) from the corpus; the rest of cfg is as given
+    if preset == "auto":        # the shape, and the tokenizer cfg leaves unset, from the corpus; the rest as given
         from zhgpt.training.auto import choose
-        rec = choose({"data": cfg.data, "time_budget": cfg.time_budget}, model_overrides, device)
-        return (dataclasses.replace(cfg, auto=rec.record({}, model_overrides)), {**rec.model, **model_overrides},
-                preset)
+        given = {k: getattr(cfg, k) for k in ("data", "time_budget", "tokenizer", "vocab_size", "batch_size",
+                                             "max_steps", "max_tokens") if getattr(cfg, k)}
+        rec = choose(given, model_overrides, device)
+        unset = {k: rec.train[k] for k in ("tokenizer", "vocab_size") if k in rec.train and not getattr(cfg, k)}
+        return (dataclasses.replace(cfg, auto=rec.record(given, model_overrides), **unset),
+                {**rec.model, **model_overrides}, preset)
     model_fields = {**get_preset(preset)[0], **model_overrides}
     return dataclasses.replace(cfg, preset=preset), model_fields, preset
