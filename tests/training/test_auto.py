@@ -112,9 +112,11 @@ def test_a_budget_that_repeats_the_corpus_is_warned_about_with_numbers(tmp_path,
     rec = auto.choose({"data": [str(f)], "time_budget": "3h"}, {}, "cpu")
     assert rec.facts["epochs_est"] > auto.EPOCHS_OK
     assert any("passes over this corpus" in w and "training stops after 4 passes" in w for w in rec.warnings)
-    assert rec.train["max_tokens"] == int(auto.EPOCHS_OK * rec.facts["corpus_tokens_est"])   # stops at 4 passes
+    assert rec.train["max_epochs"] == auto.EPOCHS_OK                                          # stops at 4 passes
     cfg, _, _ = resolve_config({"data": [str(f)], "time_budget": "3h", "max_tokens": 10 ** 9}, {}, "cpu")
-    assert cfg.max_tokens == 10 ** 9 and "max_tokens" in cfg.auto["overridden_by_flags"]      # the flag wins
+    assert (cfg.max_tokens, cfg.max_epochs) == (10 ** 9, 0)                                  # the flag wins
+    cfg, _, _ = resolve_config({"data": [str(f)], "time_budget": "3h", "max_epochs": 0}, {}, "cpu")
+    assert cfg.max_epochs == 0 and "max_epochs" in cfg.auto["overridden_by_flags"]
     short = auto.choose({"data": [str(f)], "time_budget": "3h", "max_steps": 5}, {}, "cpu")
     assert any("--max-steps ends the run sooner" in w for w in short.warnings)                # no false promise
     assert not any("training stops after" in w for w in short.warnings)

@@ -1,6 +1,7 @@
 """`zhgpt train` end to end on real Chinese text: learning, run folder, exact resume, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -110,6 +111,23 @@ def test_the_loop_trains_on_any_batch_source_and_loss(pd_dataset, tmp_path):
     assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values())
     assert json.loads((Path(run) / "run.json").read_text())["status"] == "completed"
 
+
+def test_max_epochs_counts_the_real_training_tokens(pd_dataset, tmp_path):
+    """--max-epochs ends the run after that many passes of the split's own tokens, the first limit winning."""
+    from zhgpt.data.shards import TokenDataset
+    from zhgpt.training.config import resolve_run_config
+    from zhgpt.training.distributed import Dist
+    from zhgpt.training.setup import setup
+    train_tokens = TokenDataset(pd_dataset).split("train").tokens
+    cfg = TrainConfig(data=[str(pd_dataset)], out=str(tmp_path / "run"), preset="cpu-tiny", max_epochs=0.5,
+                      **{**TINY_TRAIN, "eval_every": 100, "export": False})
+    cfg, model_fields, preset = resolve_run_config(cfg, None, dict(TINY), "cpu")
+    tr = setup(cfg, model_fields, preset, Dist("cpu"), tokenizer_asked=True)
+    per_step = 8 * 64
+    assert tr.limits.max_steps == math.ceil(0.5 * train_tokens / per_step) > 10
+    assert not tr.limits.max_tokens                           # no 20-tokens-per-parameter default on top
+    both = setup(dataclasses.replace(cfg, max_steps=10), model_fields, preset, Dist("cpu"), tokenizer_asked=True)
+    assert both.limits.max_steps == 10
 
 def test_schedule_warms_up_then_anneals_to_min():
     cfg = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1, max_steps=100)

@@ -44,7 +44,7 @@ CPU_SHAPE_BELOW_S = 3600      # CPU budgets under an hour keep the cpu-tiny shap
 # ---- general rules, not fitted here
 # Repeating data up to ~4 epochs costs little (Muennighoff et al. 2023). In the 10-minute screening the val loss
 # was lowest at 3.8-4.5 passes and then rose (Yuan sanqu char +0.1 bits/char by 5.9 passes, unigram 4k +0.5 by
-# 8.1; reviews 8k +0.09 by 5.5), so auto stops a run at 4 passes (max_tokens) instead of memorising.
+# 8.1; reviews 8k +0.09 by 5.5), so auto stops a run at 4 passes (max_epochs) instead of memorising.
 EPOCHS_OK = 4.0
 TOKENS_PER_PARAM = 20         # Chinchilla's compute-optimal tokens per parameter
 # unigram on news (pd1998 val, measured 1.32 / 1.52 / 1.79 chars per token; 32768 extrapolated): a guess elsewhere
@@ -244,7 +244,7 @@ def choose(explicit: dict, model_overrides: dict, device: str) -> AutoRecipe:
 
 def _check_budget(rec: AutoRecipe, explicit: dict, model: dict, device: str, secs: float | None,
                   corpus_tokens: float) -> None:
-    """Tokens per parameter and epochs the budget will give; past EPOCHS_OK passes a token limit there."""
+    """Tokens per parameter and epochs the budget will give; past EPOCHS_OK passes a limit there."""
     from zhgpt.model.gpt import ModelConfig
     from zhgpt.model.presets import count_params
     if not secs:
@@ -262,18 +262,19 @@ def _check_budget(rec: AutoRecipe, explicit: dict, model: dict, device: str, sec
             f"(auto's shape: {fmt.params(chosen)}, ~{tokens / chosen:.2g}); a model this large stays far "
             "under-trained: drop the shape flags or give a longer --time-budget")
     if epochs > EPOCHS_OK:
-        cap = int(EPOCHS_OK * corpus_tokens)
-        rec.train["max_tokens"] = rec.values["max_tokens"] = cap
-        rec.reasons["max_tokens"] = (f"{EPOCHS_OK:g} passes over ~{fmt.count(corpus_tokens)} corpus tokens; the "
-                                     f"validation loss rose past ~{EPOCHS_OK:g} in the screening")
+        cap = EPOCHS_OK * corpus_tokens
         step_tokens = (explicit.get("batch_size") or rec.train.get("batch_size", 1)) * model["block_size"]
         by_steps = (explicit.get("max_steps") or 0) * step_tokens
-        if explicit.get("max_tokens"):
+        if "max_tokens" not in explicit:    # a --max-tokens flag sets the length instead; --max-epochs wins
+            rec.train["max_epochs"] = rec.values["max_epochs"] = EPOCHS_OK
+            rec.reasons["max_epochs"] = (f"the validation loss rose past ~{EPOCHS_OK:g} passes in the screening; "
+                                         "counted in the corpus's real tokens")
+        if "max_tokens" in explicit or "max_epochs" in explicit:
             stop = ""
         elif 0 < by_steps <= cap:
             stop = f"; --max-steps ends the run sooner, after ~{by_steps / corpus_tokens:.1f} passes"
         else:
-            stop = (f"; training stops after {EPOCHS_OK:g} passes (~{fmt.count(cap)} tokens): add text to use the "
-                    "whole budget, or give --max-tokens to train on")
+            stop = (f"; training stops after {EPOCHS_OK:g} passes (~{fmt.count(cap)} tokens): add text to use "
+                    "the whole budget, or give --max-epochs 0 to train on")
         rec.warnings.append(f"the budget would train on ~{fmt.count(tokens)} tokens, {epochs:.1f} passes over this "
                             f"corpus (~{fmt.count(corpus_tokens)} tokens){stop}")

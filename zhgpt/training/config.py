@@ -61,6 +61,7 @@ class TrainConfig:
     max_steps: int = opt(0, "optimizer steps (0 = no step limit)")
     time_budget: str = opt("", "wall-time budget for training, e.g. 90s, 10m, 2h")
     max_tokens: int = opt(0, "training tokens (0 = no limit; default when nothing else is set: 20 per parameter)")
+    max_epochs: float = opt(0.0, "passes over the training data, counted in its real tokens (0 = no limit)")
     # ---- evaluation, samples, checkpoints
     eval_every: int = opt(200, "evaluate (val loss, bits/char, samples) every N steps")
     eval_tokens: int = opt(500_000, "score at most this many validation tokens per evaluation (0 = all)")
@@ -98,6 +99,8 @@ class TrainConfig:
         for name in ("max_steps", "max_tokens", "warmup_steps", "save_every", "eval_tokens", "keep_last"):
             if getattr(self, name) < 0:
                 raise ZhgptError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.max_epochs < 0:
+            raise ZhgptError(f"--max-epochs must be >= 0, got {self.max_epochs}")
         if self.lr <= 0:
             raise ZhgptError(f"--lr must be positive, got {self.lr}")
         if self.save_every_minutes < 0:
@@ -169,7 +172,7 @@ def resolve_run_config(cfg: TrainConfig, explicit: dict | None, model_overrides:
     if preset == "auto":        # the shape, and the tokenizer cfg leaves unset, from the corpus; the rest as given
         from zhgpt.training.auto import choose
         given = {k: getattr(cfg, k) for k in ("data", "time_budget", "tokenizer", "vocab_size", "batch_size",
-                                             "max_steps", "max_tokens") if getattr(cfg, k)}
+                                             "max_steps", "max_tokens", "max_epochs") if getattr(cfg, k)}
         rec = choose(given, model_overrides, device)
         unset = {k: rec.train[k] for k in ("tokenizer", "vocab_size") if k in rec.train and not getattr(cfg, k)}
         return (dataclasses.replace(cfg, auto=rec.record(given, model_overrides), **unset),

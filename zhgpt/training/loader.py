@@ -35,6 +35,11 @@ class TrainBatches:
     def tokens_per_step(self) -> int:
         return self.B * self.T * self.accum * self.world
 
+    def steps_per_epoch(self) -> float:
+        """Optimizer steps that draw as many tokens as the training split holds (windows are drawn at random,
+        so an epoch is a count of tokens, not a pass that sees each one once)."""
+        return sum(len(a) for a in self.arrays) / self.tokens_per_step
+
     def offsets(self, step: int) -> np.ndarray:
         """(global_rows,) window starts in the virtual concatenation of shards, for this step."""
         rng = np.random.Generator(np.random.PCG64([self.seed, step]))

@@ -41,7 +41,7 @@ def train(tr: Trainer, on_finish: OnFinish | None = None) -> Path:
     tr.model.train()
     last_val: dict = {}
     meter = Throughput()
-    bar = make_bar(dist.master, cfg, tr.limits, step)
+    bar = make_bar(dist.master, tr.limits, step)
     preempt, save_clock = Preemption(), SaveClock(cfg.save_every_minutes)
     try:
         while True:
@@ -366,13 +366,13 @@ def memory_mb(device: str) -> float | None:
         return None
 
 
-def make_bar(master: bool, cfg: TrainConfig, limits: Limits, step: int):
+def make_bar(master: bool, limits: Limits, step: int):
     """A tqdm progress bar when rank 0 writes to a terminal, else None (plain log lines)."""
     if not master or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
-    if cfg.max_steps:
-        total, unit = cfg.max_steps, "step"
+    if limits.max_steps:
+        total, unit = limits.max_steps, "step"
     elif limits.max_tokens:
         total, unit = math.ceil(limits.max_tokens / limits.tokens_per_step), "step"
     else:

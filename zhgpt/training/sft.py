@@ -56,7 +56,7 @@ class SFTConfig(TrainConfig):
                               "(measured: the same held-out loss 1.2-1.35x sooner than one padded conversation per "
                               "row, with less memory)")
     epochs: float = opt(1.0, "passes over the training conversations, when no --max-steps / --time-budget / "
-                             "--max-tokens is given")
+                             "--max-tokens / --max-epochs is given")
     # ---- evaluation
     eval_every: int = opt(50, "evaluate (answer loss, bits/char, accuracy, chat samples) every N steps")
     eval_answers: int = opt(64, f"held-out questions with short answers (<= {SHORT_ANSWER_TOKENS} tokens) answered "
@@ -131,7 +131,7 @@ class SFTStage(Stage):
         return model(x, y, segments=segments[0] if segments else None)[1]
 
     def limits(self, cfg: SFTConfig, batches, n_params: int):
-        if not (cfg.max_steps or cfg.time_budget or cfg.max_tokens):
+        if not (cfg.max_steps or cfg.time_budget or cfg.max_tokens or cfg.max_epochs):
             steps = math.ceil(cfg.epochs * batches.steps_per_epoch())
             from dataclasses import replace
             return super().limits(replace(cfg, max_steps=steps), batches, n_params)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,11 +72,14 @@ class Stage:
         """When the run ends; with no limit given, ~20 tokens per parameter (Chinchilla's compute optimum)."""
         from zhgpt.training.step import Limits
         from zhgpt.config import parse_duration
-        max_tokens = cfg.max_tokens
+        max_steps, max_tokens = cfg.max_steps, cfg.max_tokens
         budget_s = parse_duration(cfg.time_budget)
-        if not (cfg.max_steps or budget_s or max_tokens):
+        if cfg.max_epochs:
+            by_epochs = math.ceil(cfg.max_epochs * batches.steps_per_epoch())
+            max_steps = min(max_steps, by_epochs) if max_steps else by_epochs
+        if not (max_steps or budget_s or max_tokens):
             max_tokens = 20 * n_params
-        return Limits(cfg.max_steps, max_tokens, budget_s, batches.tokens_per_step)
+        return Limits(max_steps, max_tokens, budget_s, batches.tokens_per_step)
 
     def evaluate(self, tr) -> dict:
         """Validation loss / bits per char (every rank scores its share of the windows)."""
