@@ -15,6 +15,11 @@ BPC reached does not depend on the load. Times below are idle-equivalent seconds
 "reference" is the nanoGPT-style char recipe of bench_quality.py (vanilla GPT-2 char 4L/256d, ctx 256,
 AdamW 1e-3 constant, fp32). "speed-up" = the reference's budget / a recipe's time to the reference's
 final BPC on the same genre (interpolated between evaluations; at 10 minutes there are about 12).
+
+"auto" is what `zhgpt train --preset auto --time-budget S` would train on the genre: its choices for a
+budget of S are resolved here and pinned as flags (tokenizer, vocabulary, context, batch, shape, passes),
+because the runs themselves go by steps with a 12-hour wall limit, and auto left alone would choose for 12
+hours. The pinned flags also key the calibration cache, so a change of auto's rule is timed afresh.
 """
 from __future__ import annotations
 
@@ -45,7 +50,8 @@ RECIPES = {
     "ctx256": bq._r("cpu-tiny with ctx 256, batch 8", *TINY, "--block-size", "256", "--batch-size", "8"),
     "char-ctx64": bq._r("cpu-tiny with the char tokenizer, ctx 64, batch 32", *TINY, "--tokenizer", "char",
                         "--vocab-size", "8000", "--block-size", "64", "--batch-size", "32"),
-    "auto": bq._r("--preset auto (the rule fitted to this screening)", "--preset", "auto"),
+    "auto": bq._r("--preset auto (the rule fitted to this screening), its choices for the budget pinned",
+                  "--preset", "auto"),
     "auto-ctx64": bq._r("--preset auto with ctx 64, batch 32", "--preset", "auto", "--block-size", "64",
                         "--batch-size", "32"),
 }
@@ -62,6 +68,22 @@ def genre_data(name: str) -> dict:
     return data
 
 
+def auto_recipe(data: dict, secs: float) -> dict:
+    """--preset auto with what it chooses on ``data`` for a budget of ``secs`` pinned as flags."""
+    from zhgpt.training.auto import choose
+    rec = choose({"data": [str(data["train"])], "time_budget": f"{secs:g}s"}, {}, "cpu")
+    m, t = rec.model, rec.train
+    pinned = {"tokenizer": t["tokenizer"], "vocab-size": t["vocab_size"], "block-size": m["block_size"],
+              "batch-size": t["batch_size"], "n-layer": m["n_layer"], "n-head": m["n_head"], "n-embd": m["n_embd"],
+              "max-epochs": f"{t.get('max_epochs', 0):g}"}
+    flags = [x for k, v in pinned.items() for x in (f"--{k}", str(v))]
+    return bq._r(RECIPES["auto"]["desc"], *RECIPES["auto"]["flags"], *flags)
+
+
+def recipe_for(name: str, data: dict, secs: float) -> dict:
+    return auto_recipe(data, secs) if name == "auto" else RECIPES[name]
+
+
 def for_genre(recipes: list[str], genre: str) -> list[str]:
     """The recipes that run on ``genre``: plain names run everywhere, ``genre/recipe`` only there."""
     return [r.split("/")[-1] for r in recipes if "/" not in r or r.split("/")[0] == genre]
@@ -76,11 +98,12 @@ def plan_jobs(genres: list[str], recipes: list[str], secs: float, cal_rounds: in
         if not mine:
             continue
         print(f"calibrating {len(mine)} recipe(s) on {g} ...", flush=True)
-        cals = bq.calibrate({r: RECIPES[r] for r in mine}, cal_rounds, data)
+        recipes_here = {r: recipe_for(r, data, secs) for r in mine}
+        cals = bq.calibrate(recipes_here, cal_rounds, data)
         for r in mine:
             cal = cals[r]
             every = max(10, int(secs / cal["s_step"] / 12)) if secs > 150 else 10 ** 6
-            jobs.append(dict(name=r, recipe=RECIPES[r], max_steps=bq.steps_for(secs, cal, every), eval_every=every,
+            jobs.append(dict(name=r, recipe=recipes_here[r], max_steps=bq.steps_for(secs, cal, every), eval_every=every,
                              tag=f"{secs:g}s", threads=threads, cal=cal, out=OUT / g, data=data, genre=g))
     return jobs
 
@@ -117,10 +140,12 @@ def recalibrate(runs: list[dict], rounds: int) -> None:
     together they meet the same host. The 2-thread wall time (which a run's own calibration counts where it
     is slower) is left out: under load it swings far more than CPU time. The steps run stay as they were;
     only the clock they are read on changes. Recipes whose flags now mean something else (auto after a
-    change of its rule) are re-timed as they now are: re-time before such a change."""
+    change of its rule) are re-timed with the flags they ran with; for an auto run from before its choices
+    were pinned that is bare `--preset auto`, resolved as auto now resolves it."""
     for g in dict.fromkeys(r["genre"] for r in runs):
         mine = [r for r in runs if r["genre"] == g and not r.get("failed")]
-        cals = bq.calibrate({r["name"]: RECIPES[r["name"]] for r in mine}, rounds, genre_data(g), fresh=True)
+        cals = bq.calibrate({r["name"]: {"desc": r["desc"], "flags": r["flags"]} for r in mine}, rounds, genre_data(g),
+                            fresh=True)
         for r in mine:
             c = cals[r["name"]]
             r["cal"] = {**c, "s_step": c["cpu_step"] / bq.THREAD_SPEEDUP,
