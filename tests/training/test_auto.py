@@ -117,6 +117,8 @@ def test_a_budget_that_repeats_the_corpus_is_warned_about_with_numbers(tmp_path,
     assert (cfg.max_tokens, cfg.max_epochs) == (10 ** 9, 0)                                  # the flag wins
     cfg, _, _ = resolve_config({"data": [str(f)], "time_budget": "3h", "max_epochs": 0}, {}, "cpu")
     assert cfg.max_epochs == 0 and "max_epochs" in cfg.auto["overridden_by_flags"]
+    unlimited = auto.choose({"data": [str(f)], "time_budget": "3h", "max_epochs": 0}, {}, "cpu")
+    assert any(w.endswith("--max-epochs 0: the whole budget is trained") for w in unlimited.warnings)
     short = auto.choose({"data": [str(f)], "time_budget": "3h", "max_steps": 5}, {}, "cpu")
     assert any("--max-steps ends the run sooner" in w for w in short.warnings)                # no false promise
     assert not any("training stops after" in w for w in short.warnings)

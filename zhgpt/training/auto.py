@@ -269,8 +269,11 @@ def _check_budget(rec: AutoRecipe, explicit: dict, model: dict, device: str, sec
             rec.train["max_epochs"] = rec.values["max_epochs"] = EPOCHS_OK
             rec.reasons["max_epochs"] = (f"the validation loss rose past ~{EPOCHS_OK:g} passes in the screening; "
                                          "counted in the corpus's real tokens")
-        if "max_tokens" in explicit or "max_epochs" in explicit:
-            stop = ""
+        if "max_tokens" in explicit:
+            stop = "; --max-tokens sets the run's length"
+        elif "max_epochs" in explicit:
+            stop = (f"; --max-epochs {explicit['max_epochs']:g} sets the run's length" if explicit["max_epochs"]
+                    else "; --max-epochs 0: the whole budget is trained")
         elif 0 < by_steps <= cap:
             stop = f"; --max-steps ends the run sooner, after ~{by_steps / corpus_tokens:.1f} passes"
         else:
