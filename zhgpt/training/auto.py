@@ -4,7 +4,7 @@ nanochat derives its model from one ``--depth`` dial; here the dials are facts a
 there is and what kind (characters, distinct characters, document length), how long the run may take, and
 how fast this machine trains (`zhgpt estimate`'s throughput model: peak FLOP/s x expected MFU). The fitted
 constants come from bench/screen_genres.py (bench/RESULTS.md, "Recipe screening across genres"): news,
-reviews, Song ci and Yuan sanqu, every recipe at 100 s, the contenders at 10 minutes. Flags the user gives
+reviews, Song ci and Yuan sanqu, every recipe at 100 s and (bar the slowest learners) at 10 minutes. Flags the user gives
 always win: auto fills only what was not asked for, and says which is which.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ CHAR_BELOW = 1_000_000
 # Size alone missed Song ci (1.62M): at 10 minutes char beat unigram 8k there by 0.23 (6.49 vs 6.72). What
 # separates the genres is how well pieces compress the text: a unigram 4k tokenizer trained on a 300k-character
 # sample gives 1.10-1.12 chars/token on the verse (char won) and 1.29-1.31 on news and reviews (unigram won by
-# ~0.3 bits/char at 100 s). Below this, pieces are too short to pay for their vocabulary: char.
+# ~0.3 bits/char at 100 s; at 10 minutes char caught up on reviews, 5.66 vs 5.64, and lost news by 0.11).
+# Below this, pieces are too short to pay for their vocabulary: char.
 CHAR_PIECES_BELOW = 1.2
 # The best unigram vocabulary shrank with the text a run gets to see: 4k at 100 s on every genre, 8k (16k
 # 0.065 bits/char worse) on news at 10 minutes. vocab ~ min(corpus characters, budget tokens) / this, a power
