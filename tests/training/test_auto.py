@@ -54,6 +54,8 @@ def test_a_resolved_config_keeps_its_tokenizer_and_fills_an_unset_one(tmp_path, 
     assert (cfg.tokenizer, cfg.vocab_size, model["block_size"]) == ("unigram", 4096, 128)
     assert "tokenizer" in cfg.auto["overridden_by_flags"]
 
+
+
 def test_text_that_pieces_barely_compress_gets_the_char_tokenizer(tmp_path, zhgpt_home):
     news = _write(tmp_path / "news.txt", pd_lines("train", 8000) * 2)     # ~1.5M characters of prose
     measured = piece_compression([str(news)])

@@ -129,6 +129,8 @@ def test_max_epochs_counts_the_real_training_tokens(pd_dataset, tmp_path):
     both = setup(dataclasses.replace(cfg, max_steps=10), model_fields, preset, Dist("cpu"), tokenizer_asked=True)
     assert both.limits.max_steps == 10
 
+
+
 def test_schedule_warms_up_then_anneals_to_min():
     cfg = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1, max_steps=100)
     assert lr_at(cfg, 0, 0.0) == pytest.approx(1e-4)
@@ -293,6 +295,8 @@ def test_bad_inputs_give_one_line_errors(pd_dataset, tmp_path):
     assert res.returncode == 2 and "was prepared with the 'char' tokenizer" in res.stderr
     res = run_cli("train", "--data", pd_dataset, "--init-from", "someorg/somemodel", "--out", tmp_path / "z")
     assert res.returncode == 2 and "never downloads" in res.stderr
+    res = run_cli("train", "--data", pd_dataset, "--max-epochs", "-1", "--out", tmp_path / "e")
+    assert res.returncode == 2 and "--max-epochs must be >= 0, got -1" in res.stderr
     assert "Traceback" not in res.stderr
 
 

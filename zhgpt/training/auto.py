@@ -4,8 +4,8 @@ nanochat derives its model from one ``--depth`` dial; here the dials are facts a
 there is and what kind (characters, distinct characters, document length), how long the run may take, and
 how fast this machine trains (`zhgpt estimate`'s throughput model: peak FLOP/s x expected MFU). The fitted
 constants come from bench/screen_genres.py (bench/RESULTS.md, "Recipe screening across genres"): news,
-reviews, Song ci and Yuan sanqu, every recipe at 100 s and (bar the slowest learners) at 10 minutes. Flags the user gives
-always win: auto fills only what was not asked for, and says which is which.
+reviews, Song ci and Yuan sanqu, every recipe at 100 s and (bar the slowest learners) at 10 minutes. Flags the
+user gives always win: auto fills only what was not asked for, and says which is which.
 """
 from __future__ import annotations
 

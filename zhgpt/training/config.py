@@ -96,11 +96,9 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ZhgptError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_tokens", "warmup_steps", "save_every", "eval_tokens", "keep_last"):
+        for name in ("max_steps", "max_tokens", "max_epochs", "warmup_steps", "save_every", "eval_tokens", "keep_last"):
             if getattr(self, name) < 0:
                 raise ZhgptError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.max_epochs < 0:
-            raise ZhgptError(f"--max-epochs must be >= 0, got {self.max_epochs}")
         if self.lr <= 0:
             raise ZhgptError(f"--lr must be positive, got {self.lr}")
         if self.save_every_minutes < 0:
