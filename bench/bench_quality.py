@@ -58,7 +58,7 @@ REF_SECONDS = 302.0
 # cut the 4,688 characters of pd1998 (the vocabulary then holds <|endoftext|> + 256 bytes + 4,688 characters).
 REFERENCE = ["--optimizer", "adamw", "--dtype", "fp32", "--tokenizer", "char", "--vocab-size", "8000",
              "--n-layer", "4", "--n-head", "4", "--n-embd", "256", "--block-size", "256", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "0",
-             "--schedule", "constant"]
+             "--schedule", "constant", "--max-epochs", "0"]   # nanoGPT trains the whole budget: no auto stop
 REF_STEPS, REF_EVAL_EVERY = 200, 50
 # The text every run trains and validates on; bench/screen_genres.py passes other corpora per call.
 PD = {"train": common.PD_TRAIN, "val": common.PD_VAL}

@@ -81,7 +81,11 @@ def auto_recipe(data: dict, secs: float) -> dict:
 
 
 def recipe_for(name: str, data: dict, secs: float) -> dict:
-    return auto_recipe(data, secs) if name == "auto" else RECIPES[name]
+    """The recipe's flags; auto's variants are auto's pinned choices with their own flags after them (last wins)."""
+    if not name.startswith("auto"):
+        return RECIPES[name]
+    own = RECIPES[name]["flags"][2:]            # after "--preset auto"
+    return bq._r(RECIPES[name]["desc"], *auto_recipe(data, secs)["flags"], *own)
 
 
 def for_genre(recipes: list[str], genre: str) -> list[str]:

@@ -43,6 +43,16 @@ def test_a_small_corpus_gets_the_char_tokenizer(tmp_path, zhgpt_home):
     assert rec.model["block_size"] == auto.CHAR_CTX_MIN == 64 and rec.train["batch_size"] == 32
 
 
+def test_single_characters_get_a_document_per_window_except_in_a_short_run(tmp_path, zhgpt_home):
+    lines = pd_lines("train", 900)
+    novel = _write(tmp_path / "novel.txt", ["".join(lines[i:i + 3]) for i in range(0, len(lines), 3)])
+    long = auto.choose({"data": [str(novel)], "time_budget": "12h"}, {}, "cpu")
+    assert long.train["tokenizer"] == "char" and long.model["block_size"] == 256     # ~285-character documents
+    short = auto.choose({"data": [str(novel)], "time_budget": "30s"}, {}, "cpu")
+    assert short.model["block_size"] == auto.CHAR_CTX_MIN and short.train["batch_size"] == 32
+    assert "short run" in short.reasons["block_size"]
+
+
 def test_a_resolved_config_keeps_its_tokenizer_and_fills_an_unset_one(tmp_path, zhgpt_home):
     """The API path (tests, benches): cfg's own tokenizer feeds auto's context; an unset one takes auto's."""
     from zhgpt.training.config import TrainConfig, resolve_run_config

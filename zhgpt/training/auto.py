@@ -4,7 +4,8 @@ nanochat derives its model from one ``--depth`` dial; here the dials are facts a
 there is and what kind (characters, distinct characters, document length), how long the run may take, and
 how fast this machine trains (`zhgpt estimate`'s throughput model: peak FLOP/s x expected MFU). The fitted
 constants come from bench/screen_genres.py (bench/RESULTS.md, "Recipe screening across genres"): news,
-reviews, Song ci and Yuan sanqu, every recipe at 100 s and (bar the slowest learners) at 10 minutes. Flags the
+reviews, Song ci and Yuan sanqu, every recipe at 100 s and at 10 minutes, then fiction (Dream of the Red
+Chamber) as a held-out genre, which added one rule (CHAR_CTX_SHORT_RUN). Flags the
 user gives always win: auto fills only what was not asked for, and says which is which.
 """
 from __future__ import annotations
@@ -41,6 +42,11 @@ CTX_MIN, CPU_CTX_MAX, GPU_CTX_MAX = 128, 256, 1024
 # than at 128, at equal steps all along: the reference's 10-minute quality 12 % fewer steps sooner, 6.69 vs
 # 6.73 bits/char at the 4-pass stop. A char corpus gets about one document per window, from 64 up.
 CHAR_CTX_DOC_FACTOR, CHAR_CTX_MIN = 1.0, 64
+# ...but not in short runs. Fiction (235-character paragraphs, added after the rule was fitted) at 100 s
+# (~0.6M tokens): char at 64 6.01, 128 6.07, 256 6.20 bits/char, and 64 also won at 100 s on both verse
+# genres. At 10 minutes (~3.5M tokens) one document won there (256: 5.95 against 64's 6.01 at its lowest) and on
+# Song ci (128: 6.49 against 64's 6.53). A char run that trains on fewer tokens than this keeps the minimum.
+CHAR_CTX_SHORT_RUN = 2_000_000
 CPU_SHAPE_BELOW_S = 3600      # CPU budgets under an hour keep the cpu-tiny shape (6L/384d lost at 10 min)
 # ---- general rules, not fitted here
 # Repeating data up to ~4 epochs costs little (Muennighoff et al. 2023). In the 10-minute screening the val loss
@@ -162,9 +168,14 @@ def choose_tokenizer(facts: dict, budget_tokens: float | None) -> tuple[dict, di
                            f"[{VOCAB_MIN}, {VOCAB_MAX}]"})
 
 
-def choose_context(facts: dict, kind: str, vocab: int, device: str) -> tuple[int, str]:
+def choose_context(facts: dict, kind: str, vocab: int, device: str,
+                   budget_tokens: float | None) -> tuple[int, str]:
     cpt = facts.get("chars_per_token") or chars_per_token_guess(kind, vocab)
     doc_tokens = facts["avg_doc_chars"] / cpt
+    if kind == "char" and budget_tokens and budget_tokens < CHAR_CTX_SHORT_RUN:
+        return CHAR_CTX_MIN, (f"single characters in a short run (~{fmt.count(budget_tokens)} tokens, under "
+                              f"{fmt.count(CHAR_CTX_SHORT_RUN)}): {CHAR_CTX_MIN} learned most in 100-s runs, "
+                              f"whatever the document length (here {facts['avg_doc_chars']:.0f} characters)")
     hi = CPU_CTX_MAX if device == "cpu" else GPU_CTX_MAX
     factor, lo = (CHAR_CTX_DOC_FACTOR, CHAR_CTX_MIN) if kind == "char" else (CTX_DOC_FACTOR, CTX_MIN)
     ctx = clamp(pow2_near(doc_tokens * factor), lo, hi)
@@ -223,7 +234,7 @@ def choose(explicit: dict, model_overrides: dict, device: str) -> AutoRecipe:
     tok, reasons = choose_tokenizer(facts, budget_tokens)
     kind = explicit.get("tokenizer") or tok.get("tokenizer") or facts.get("tokenizer") or "unigram"
     vocab = explicit.get("vocab_size") or tok.get("vocab_size") or facts.get("vocab_size") or 16384
-    ctx, reasons["block_size"] = choose_context(facts, kind, vocab, device)
+    ctx, reasons["block_size"] = choose_context(facts, kind, vocab, device, budget_tokens)
     ctx = model_overrides.get("block_size") or ctx
     cpt = facts.get("chars_per_token") or chars_per_token_guess(kind, vocab)
     corpus_tokens = facts["chars"] / cpt
