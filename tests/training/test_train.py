@@ -258,8 +258,9 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(pd_dataset, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(pd_dataset, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "zhgpt", *_train_args(pd_dataset, out, 100000)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # -X faulthandler: if the run does not stop, SIGABRT makes it print every thread's stack for the failure
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "zhgpt", *_train_args(pd_dataset, out, 100000)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline:
         m = out / "metrics.jsonl"
@@ -267,7 +268,12 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(pd_dataset, tmp_path):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out_text, err = proc.communicate(timeout=60)
+        pytest.fail(f"no exit 120 s after SIGINT; last output: {out_text[-500:]}\nstacks: {err[-4000:]}")
     assert proc.returncode == 130
     assert "--resume" in err and "Traceback" not in err
     saved = sorted((out / "checkpoints").glob("step_*"))
