@@ -42,11 +42,12 @@ CTX_MIN, CPU_CTX_MAX, GPU_CTX_MAX = 128, 256, 1024
 # than at 128, at equal steps all along: the reference's 10-minute quality 12 % fewer steps sooner, 6.69 vs
 # 6.73 bits/char at the 4-pass stop. A char corpus gets about one document per window, from 64 up.
 CHAR_CTX_DOC_FACTOR, CHAR_CTX_MIN = 1.0, 64
-# ...but not in short runs. Fiction (235-character paragraphs, added after the rule was fitted) at 100 s
-# (~0.6M tokens): char at 64 6.01, 128 6.07, 256 6.20 bits/char, and 64 also won at 100 s on both verse
-# genres. At 10 minutes (~3.5M tokens) one document won there (256: 5.95 against 64's 6.01 at its lowest) and on
-# Song ci (128: 6.49 against 64's 6.53). A char run that trains on fewer tokens than this keeps the minimum.
-CHAR_CTX_SHORT_RUN = 2_000_000
+# ...but not in the runs screened. Fiction (235-character paragraphs, added after the rule was fitted) with
+# single characters: at 100 s (~0.6M tokens) 64 6.01, 128 6.07, 256 6.20 bits/char; at 10 minutes (~3.5M
+# tokens), both stopped at 4 passes, 64 5.92 against 256's 5.95. 64 also won both budgets on Yuan sanqu and
+# 100 s on Song ci (at 10 minutes Song ci's 128 was 0.04 ahead). So a char run keeps 64 up to ~20M tokens
+# (about an hour of a 2-core CPU, 6x the longest screened run); longer runs get one document per window.
+CHAR_CTX_SHORT_RUN = 20_000_000
 CPU_SHAPE_BELOW_S = 3600      # CPU budgets under an hour keep the cpu-tiny shape (6L/384d lost at 10 min)
 # ---- general rules, not fitted here
 # Repeating data up to ~4 epochs costs little (Muennighoff et al. 2023). In the 10-minute screening the val loss
@@ -174,8 +175,9 @@ def choose_context(facts: dict, kind: str, vocab: int, device: str,
     doc_tokens = facts["avg_doc_chars"] / cpt
     if kind == "char" and budget_tokens and budget_tokens < CHAR_CTX_SHORT_RUN:
         return CHAR_CTX_MIN, (f"single characters in a short run (~{fmt.count(budget_tokens)} tokens, under "
-                              f"{fmt.count(CHAR_CTX_SHORT_RUN)}): {CHAR_CTX_MIN} learned most in 100-s runs, "
-                              f"whatever the document length (here {facts['avg_doc_chars']:.0f} characters)")
+                              f"{fmt.count(CHAR_CTX_SHORT_RUN)}): {CHAR_CTX_MIN} learned most in the screened runs "
+                              f"(100 s, 10 min), whatever the document length (here {facts['avg_doc_chars']:.0f} "
+                              "characters)")
     hi = CPU_CTX_MAX if device == "cpu" else GPU_CTX_MAX
     factor, lo = (CHAR_CTX_DOC_FACTOR, CHAR_CTX_MIN) if kind == "char" else (CTX_DOC_FACTOR, CTX_MIN)
     ctx = clamp(pow2_near(doc_tokens * factor), lo, hi)
