@@ -260,7 +260,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(pd_dataset, tmp_path):
     out = tmp_path / "run"
     # -X faulthandler: if the run does not stop, SIGABRT makes it print every thread's stack for the failure
     cmd = [sys.executable, "-X", "faulthandler", "-m", "zhgpt", *_train_args(pd_dataset, out, 100000)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A suite started as a background job (`pytest &` without job control) inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: the run must get Ctrl-C as a terminal would deliver it.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline:
         m = out / "metrics.jsonl"
