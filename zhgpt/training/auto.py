@@ -171,13 +171,13 @@ def choose_tokenizer(facts: dict, budget_tokens: float | None) -> tuple[dict, di
 
 def choose_context(facts: dict, kind: str, vocab: int, device: str,
                    budget_tokens: float | None) -> tuple[int, str]:
-    cpt = facts.get("chars_per_token") or chars_per_token_guess(kind, vocab)
-    doc_tokens = facts["avg_doc_chars"] / cpt
     if kind == "char" and budget_tokens and budget_tokens < CHAR_CTX_SHORT_RUN:
         return CHAR_CTX_MIN, (f"single characters in a short run (~{fmt.count(budget_tokens)} tokens, under "
                               f"{fmt.count(CHAR_CTX_SHORT_RUN)}): {CHAR_CTX_MIN} learned most in the screened runs "
                               f"(100 s, 10 min), whatever the document length (here {facts['avg_doc_chars']:.0f} "
                               "characters)")
+    cpt = facts.get("chars_per_token") or chars_per_token_guess(kind, vocab)
+    doc_tokens = facts["avg_doc_chars"] / cpt
     hi = CPU_CTX_MAX if device == "cpu" else GPU_CTX_MAX
     factor, lo = (CHAR_CTX_DOC_FACTOR, CHAR_CTX_MIN) if kind == "char" else (CTX_DOC_FACTOR, CTX_MIN)
     ctx = clamp(pow2_near(doc_tokens * factor), lo, hi)
